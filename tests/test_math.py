@@ -1,0 +1,127 @@
+"""Losses and metrics against slow, obviously correct loop references on seeded random data."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vlmviz import losses, metrics
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def pair():
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(20, 8, generator=g, dtype=torch.float64)
+    txt = img + 0.8 * torch.randn(20, 8, generator=g, dtype=torch.float64)
+    return img, txt
+
+
+def test_cosine_loss_bounds_and_reference(pair):
+    img, txt = pair
+    assert float(losses.cosine_alignment_loss(img, img)) == pytest.approx(0.0, abs=1e-12)
+    assert float(losses.cosine_alignment_loss(img, -img)) == pytest.approx(2.0)
+    a, b = img.numpy(), txt.numpy()
+    ref = np.mean([1 - a[i] @ b[i] / np.linalg.norm(a[i]) / np.linalg.norm(b[i]) for i in range(len(a))])
+    assert float(losses.cosine_alignment_loss(img, txt)) == pytest.approx(ref)
+
+
+def test_infonce_reference(pair):
+    img, txt = pair
+    scale = torch.tensor(math.log(1 / 0.07), dtype=torch.float64)
+    a, b = unit(img.numpy()), unit(txt.numpy())
+    n, t = len(a), 1 / 0.07
+    i2t = -np.mean([t * a[i] @ b[i] - np.log(sum(np.exp(t * a[i] @ b[j]) for j in range(n))) for i in range(n)])
+    t2i = -np.mean([t * a[i] @ b[i] - np.log(sum(np.exp(t * a[j] @ b[i]) for j in range(n))) for i in range(n)])
+    assert float(losses.info_nce_loss(img, txt, scale)) == pytest.approx((i2t + t2i) / 2, rel=1e-9)
+
+
+def test_sigmoid_reference(pair):
+    img, txt = pair
+    t, bias = 10.0, -10.0
+    a, b = unit(img.numpy()), unit(txt.numpy())
+    n = len(a)
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            z = 1.0 if i == j else -1.0
+            total += math.log(1 + math.exp(-z * (t * a[i] @ b[j] + bias)))
+    got = losses.sigmoid_loss(img, txt, torch.tensor(math.log(t), dtype=torch.float64),
+                              torch.tensor(bias, dtype=torch.float64))
+    assert float(got) == pytest.approx(total / n, rel=1e-9)
+
+
+def test_loss_head_learns_temperature():
+    head = losses.LossHead("infonce")
+    assert head.temperature == pytest.approx(0.07)
+    assert {n for n, _ in losses.LossHead("sigmoid").named_parameters()} == {"logit_scale", "logit_bias"}
+    with pytest.raises(ValueError, match="valid: cosine, infonce, sigmoid"):
+        losses.LossHead("hinge")
+
+
+def test_retrieval_reference(pair):
+    img, txt = pair
+    sim = unit(img.numpy()) @ unit(txt.numpy()).T
+    n = len(sim)
+    rank_i2t = [1 + sum(sim[i, j] > sim[i, i] for j in range(n) if j != i) for i in range(n)]
+    rank_t2i = [1 + sum(sim[j, i] > sim[i, i] for j in range(n) if j != i) for i in range(n)]
+    got = metrics.retrieval_metrics(img, txt)
+    for k in (1, 5, 10):
+        assert got[f"i2t_R@{k}"] == pytest.approx(np.mean([r <= k for r in rank_i2t]))
+        assert got[f"t2i_R@{k}"] == pytest.approx(np.mean([r <= k for r in rank_t2i]))
+    assert got["i2t_median_rank"] == float(torch.tensor(rank_i2t, dtype=torch.float).median())
+    perfect = metrics.retrieval_metrics(img, img)
+    assert perfect["i2t_R@1"] == 1.0 and perfect["t2i_median_rank"] == 1.0
+
+
+def test_gap_alignment_uniformity_reference(pair):
+    img, txt = pair
+    a, b = unit(img.numpy()), unit(txt.numpy())
+    assert metrics.modality_gap(img, txt) == pytest.approx(np.linalg.norm(a.mean(0) - b.mean(0)))
+    assert metrics.modality_gap(img, img) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.alignment(img, txt) == pytest.approx(np.mean([np.sum((a[i] - b[i]) ** 2) for i in range(len(a))]))
+    n = len(a)
+    pairs = [np.exp(-2 * np.sum((a[i] - a[j]) ** 2)) for i in range(n) for j in range(i + 1, n)]
+    assert metrics.uniformity(img) == pytest.approx(np.log(np.mean(pairs)))
+
+
+def test_mutual_knn_reference(pair):
+    img, txt = pair
+    k = 4
+    a, b = unit(img.numpy()), unit(txt.numpy())
+    n = len(a)
+
+    def knn(x, i):
+        d = [(x[i] @ x[j], j) for j in range(n) if j != i]
+        return {j for _, j in sorted(d, reverse=True)[:k]}
+
+    ref = np.mean([len(knn(a, i) & knn(b, i)) / k for i in range(n)])
+    assert metrics.mutual_knn(img, txt, k) == pytest.approx(ref)
+    assert metrics.mutual_knn(img, img, k) == 1.0
+    with pytest.raises(ValueError, match="1 <= k < N"):
+        metrics.mutual_knn(img, txt, 20)
+
+
+def test_cka_reference_and_invariances(pair):
+    img, txt = pair
+    x, y = img.numpy(), txt.numpy()
+    n = len(x)
+    h = np.eye(n) - np.ones((n, n)) / n
+    kx, ky = h @ x @ x.T @ h, h @ y @ y.T @ h  # HSIC form with linear kernels
+    ref = np.trace(kx @ ky) / np.sqrt(np.trace(kx @ kx) * np.trace(ky @ ky))
+    assert metrics.cka(img, txt) == pytest.approx(ref)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    assert metrics.cka(img, 3.0 * img @ q + 1.0) == pytest.approx(1.0)
+
+
+def test_alignment_report_states_n_and_k_and_rejects_nan(pair):
+    img, txt = pair
+    rep = metrics.alignment_report(img, txt, k=10)
+    assert rep["N"] == 20 and rep["k"] == 10 and 0 <= rep["i2t_R@1"] <= 1
+    bad = img.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.alignment_report(bad, txt)

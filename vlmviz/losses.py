@@ -1,0 +1,71 @@
+"""Alignment losses between projected image vectors and text vectors. Pure functions of tensors.
+
+Shapes: img (B, D), txt (B, D); row i of img and row i of txt are a matched pair.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cosine_alignment_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean(1 - cos(pred_i, target_i)): 0 for identical directions, 1 orthogonal, 2 opposite.
+
+    The classic projector lesson's loss: it pulls each pair together but never pushes non-pairs apart, so on its
+    own it can collapse all images onto the mean caption; InfoNCE and sigmoid losses add the push.
+    """
+    return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
+
+
+def info_nce_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of CLIP (Radford et al. 2021, Fig. 3): cross-entropy over the batch both ways.
+
+    `logit_scale` is log(1 / temperature), learned and clamped at log(100) as in CLIP.
+    """
+    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    logits = logit_scale.clamp(max=math.log(100.0)).exp() * img @ txt.T  # (B, B)
+    labels = torch.arange(len(img), device=img.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
+                 logit_bias: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, Algorithm 1): every pair is a binary problem,
+    +1 on the diagonal and -1 elsewhere, summed over pairs and divided by the batch size."""
+    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    logits = logit_scale.exp() * img @ txt.T + logit_bias  # (B, B)
+    signs = 2.0 * torch.eye(len(img), device=img.device, dtype=logits.dtype) - 1.0  # +1 diag, -1 off
+    return -F.logsigmoid(signs * logits).sum() / len(img)
+
+
+class LossHead(nn.Module):
+    """The learnable scalars a loss needs (temperature, SigLIP bias); trained together with the projector."""
+
+    def __init__(self, kind: str, init_temperature: float = 0.07):
+        super().__init__()
+        if kind not in LOSSES:
+            raise ValueError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}")
+        self.kind = kind
+        if kind == "infonce":
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        elif kind == "sigmoid":
+            # SigLIP's initialisation: t' = log 10, b = -10, so the loss starts near the all-negative prior
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+            self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        if self.kind == "cosine":
+            return cosine_alignment_loss(img, txt)
+        if self.kind == "infonce":
+            return info_nce_loss(img, txt, self.logit_scale)
+        return sigmoid_loss(img, txt, self.logit_scale, self.logit_bias)
+
+    @property
+    def temperature(self) -> float | None:
+        return None if self.kind == "cosine" else float(1.0 / self.logit_scale.exp())
+
+
+LOSSES = ("cosine", "infonce", "sigmoid")

@@ -1,0 +1,97 @@
+"""Alignment metrics between image vectors and text vectors. Pure functions; tensors in, floats/tensors out.
+
+Shapes: img (N, D) and txt (N, D) with row i of each a matched pair, unless a function says otherwise.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def similarity_matrix(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities: (N, D) x (T, D) -> (N, T)."""
+    return F.normalize(img.float(), dim=-1) @ F.normalize(txt.float(), dim=-1).T
+
+
+def ranks(sim: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """1-based rank of each row's target column (target i for row i by default); ties count against the target."""
+    targets = torch.arange(len(sim), device=sim.device) if targets is None else targets.to(sim.device)
+    target_scores = sim.gather(1, targets[:, None])  # (N, 1)
+    return (sim >= target_scores).sum(dim=1)  # (N,), includes the target itself
+
+
+def retrieval_metrics(img: torch.Tensor, txt: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@K and median rank in both directions for N matched pairs (image->text: each image ranks all texts)."""
+    sim = similarity_matrix(img, txt)  # (N, N)
+    out: dict[str, float] = {}
+    for direction, matrix in (("i2t", sim), ("t2i", sim.T)):
+        r = ranks(matrix).float()
+        for k in ks:
+            out[f"{direction}_R@{k}"] = float((r <= k).float().mean())
+        out[f"{direction}_median_rank"] = float(r.median())
+    return out
+
+
+def modality_gap(img: torch.Tensor, txt: torch.Tensor) -> float:
+    """||mean(normalize(img)) - mean(normalize(txt))||_2 (Liang et al., NeurIPS 2022; CLIP is about 0.82)."""
+    return float((F.normalize(img.float(), dim=-1).mean(0) - F.normalize(txt.float(), dim=-1).mean(0)).norm())
+
+
+def alignment(img: torch.Tensor, txt: torch.Tensor, alpha: float = 2.0) -> float:
+    """E ||x - y||^alpha over matched pairs on the unit sphere (Wang & Isola 2020); lower is better."""
+    x, y = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+    return float((x - y).norm(dim=1).pow(alpha).mean())
+
+
+def uniformity(x: torch.Tensor, t: float = 2.0) -> float:
+    """log E_{i<j} exp(-t ||x_i - x_j||^2) on the unit sphere (Wang & Isola 2020); lower is more uniform."""
+    x = F.normalize(x.float(), dim=-1)
+    sq = torch.pdist(x).pow(2)  # (N (N - 1) / 2,)
+    return float(sq.mul(-t).exp().mean().log())
+
+
+def mutual_knn(img: torch.Tensor, txt: torch.Tensor, k: int = 10) -> float:
+    """Mean overlap of the k nearest neighbours of each item in image space and in text space (Huh et al. 2024,
+    the platonic representation hypothesis); neighbours by cosine, self excluded. 1 = identical neighbourhoods."""
+    n = len(img)
+    if not 1 <= k < n:
+        raise ValueError(f"mutual_knn needs 1 <= k < N, got k={k}, N={n}")
+
+    def knn(x):
+        sim = similarity_matrix(x, x)
+        sim.fill_diagonal_(float("-inf"))
+        return sim.topk(k, dim=1).indices  # (N, k)
+
+    a, b = knn(img), knn(txt)
+    hits = torch.zeros(n, n, dtype=torch.bool)
+    hits[torch.arange(n)[:, None], a] = True
+    return float(hits.gather(1, b).float().sum(1).div(k).mean())
+
+
+def cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA (Kornblith et al. 2019): ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on centred features.
+    Compares the geometry of two spaces of any widths; 1 = identical up to rotation and scale."""
+    x = x.double() - x.double().mean(0)
+    y = y.double() - y.double().mean(0)
+    cross = (y.T @ x).norm() ** 2
+    return float(cross / ((x.T @ x).norm() * (y.T @ y).norm()))
+
+
+def alignment_report(img: torch.Tensor, txt: torch.Tensor, k: int = 10) -> dict[str, float]:
+    """Everything the UI and the ablation table show for N matched pairs; N and k are part of the report."""
+    n = len(img)
+    if n < 2:
+        raise ValueError(f"metrics need at least 2 image-caption pairs, got {n}")
+    if not (torch.isfinite(img).all() and torch.isfinite(txt).all()):
+        raise ValueError("embeddings contain NaN or infinity; the projector or its checkpoint is broken")
+    k = min(k, n - 1)
+    report = {"N": n, "k": k, **retrieval_metrics(img, txt)}
+    report.update(
+        modality_gap=modality_gap(img, txt),
+        alignment=alignment(img, txt),
+        uniformity_img=uniformity(img),
+        uniformity_txt=uniformity(txt),
+        mutual_knn=mutual_knn(img, txt, k),
+        cka=cka(img, txt),
+    )
+    return report

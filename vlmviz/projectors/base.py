@@ -1,0 +1,122 @@
+"""Projector base class and the name registry (timm's `@register_model`, LLaVA's `build_vision_projector`).
+
+Shape legend for every projector file: B batch, N input tokens, M output tokens, D_vis encoder width,
+D_txt text-space width, H hidden width, E experts, Q learned queries, h x w token grid.
+Every projector maps (B, N, D_vis) -> (B, M, D_txt).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., "Projector"]] = {}
+_PATTERNS: list[tuple[re.Pattern, Callable[..., "Projector"], str]] = []
+
+
+class Projector(nn.Module):
+    """Common surface: sizes, parameter count, output token count, an auxiliary loss (MoE), a JSON config."""
+
+    family: str = "?"
+
+    def __init__(self, in_dim: int, out_dim: int, **options):
+        super().__init__()
+        if in_dim <= 0 or out_dim <= 0:
+            raise ValueError(f"{self.family}: in_dim and out_dim must be positive, got {in_dim} and {out_dim}")
+        self.in_dim, self.out_dim = int(in_dim), int(out_dim)
+        self.options = dict(options)  # everything needed to rebuild it: build_projector(family, in, out, **options)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def num_output_tokens(self, num_input_tokens: int) -> int:
+        return num_input_tokens
+
+    def aux_loss(self) -> torch.Tensor:
+        """Extra training loss of the last forward (MoE load balancing); zero for most families."""
+        return torch.zeros((), device=next(self.parameters(), torch.zeros(())).device)
+
+    def config(self) -> dict:
+        return {"family": self.family, "in_dim": self.in_dim, "out_dim": self.out_dim, "options": self.options}
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 3 or x.shape[-1] != self.in_dim:
+            raise ValueError(
+                f"{self.family} projector expects tokens of shape (B, N, {self.in_dim}), got {tuple(x.shape)}"
+            )
+
+    def extra_repr(self) -> str:
+        return f"{self.in_dim} -> {self.out_dim}, params={self.num_params:,}"
+
+
+def register(name: str, pattern: str | None = None, help: str = ""):
+    """Register a projector class under `name`; `pattern` (a regex) also accepts spellings like mlp3x_gelu."""
+
+    def wrap(cls):
+        cls.family = name
+        _REGISTRY[name] = cls
+        if pattern:
+            _PATTERNS.append((re.compile(pattern), cls, help or name))
+        return cls
+
+    return wrap
+
+
+def _resolve(name: str):
+    if name in _REGISTRY:
+        return _REGISTRY[name], {}
+    for regex, cls, _ in _PATTERNS:
+        match = regex.fullmatch(name)
+        if match:
+            return cls, {k: int(v) for k, v in match.groupdict().items()}
+    valid = ", ".join(list_projectors())
+    raise ValueError(f"unknown projector {name!r}; valid names: {valid} (and mlpNx_gelu for any N >= 1)")
+
+
+def build_projector(name: str, in_dim: int, out_dim: int, **options) -> Projector:
+    """Build a registered projector: build_projector("mlp2x_gelu", 768, 512, hidden_dim=1024)."""
+    cls, from_name = _resolve(name)
+    for key, value in from_name.items():
+        if options.get(key, value) != value:
+            raise ValueError(f"{name!r} fixes {key}={value}, but {key}={options[key]} was also given")
+    projector = cls(in_dim, out_dim, **{**options, **from_name})
+    projector.family = name if from_name else cls.family
+    return projector
+
+
+def list_projectors() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def tokens_to_grid(x: torch.Tensor, family: str) -> tuple[torch.Tensor, int, int]:
+    """(B, N, D) -> (B, D, h, w) for spatial connectors.
+
+    Honeybee and nanoVLM work on patch tokens only: when N = h*w + 1 the first token is a CLS token and is dropped.
+    """
+    B, N, D = x.shape
+    side = math.isqrt(N)
+    if side * side != N:
+        side = math.isqrt(N - 1)
+        if N > 1 and side * side == N - 1:
+            x = x[:, 1:]  # drop CLS: (B, h*w, D)
+        else:
+            raise ValueError(
+                f"{family} needs a square grid of patch tokens (N = h*w, optionally + 1 CLS); got N={N}. "
+                "Use token selection 'patch' or 'all', not a pooled one."
+            )
+    grid = x.transpose(1, 2).reshape(B, D, side, side)  # (B, D, h, w)
+    return grid, side, side
+
+
+def grid_side(num_tokens: int) -> int:
+    side = math.isqrt(num_tokens)
+    if side * side == num_tokens:
+        return side
+    side = math.isqrt(num_tokens - 1)
+    if num_tokens > 1 and side * side == num_tokens - 1:
+        return side
+    raise ValueError(f"{num_tokens} tokens do not form a square grid (optionally with one CLS token)")

@@ -1,0 +1,47 @@
+"""Convolutional abstractor (Honeybee's C-Abstractor, Cha et al. CVPR 2024): residual conv blocks keep local
+context, adaptive average pooling sets the output token count (s x s), more blocks, then an MLP to the text
+width. Honeybee uses RegNet blocks; these are plain pre-norm 3x3 conv residual blocks of the same role.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Projector, register, tokens_to_grid
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(1, dim)  # LayerNorm over (C, h, w) per sample
+        self.conv_1 = nn.Conv2d(dim, dim, 3, padding=1)
+        self.act = nn.SiLU()
+        self.conv_2 = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv_2(self.act(self.conv_1(self.norm(x))))  # (B, H, h, w)
+
+
+@register("cabstractor")
+class CAbstractorProjector(Projector):
+    def __init__(self, in_dim: int, out_dim: int, output_side: int = 4, hidden_dim: int = 256,
+                 depth: int = 1):
+        super().__init__(in_dim, out_dim, output_side=output_side, hidden_dim=hidden_dim, depth=depth)
+        self.output_side = output_side
+        self.in_proj = nn.Conv2d(in_dim, hidden_dim, 1)
+        self.blocks_before = nn.Sequential(*(ConvBlock(hidden_dim) for _ in range(depth)))
+        self.pool = nn.AdaptiveAvgPool2d(output_side)
+        self.blocks_after = nn.Sequential(*(ConvBlock(hidden_dim) for _ in range(depth)))
+        self.linear_1 = nn.Linear(hidden_dim, out_dim)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(out_dim, out_dim)
+
+    def num_output_tokens(self, num_input_tokens: int) -> int:
+        return self.output_side**2
+
+    def forward(self, x):
+        self.check_input(x)
+        grid, _, _ = tokens_to_grid(x, self.family)  # (B, D_vis, h, w)
+        y = self.blocks_before(self.in_proj(grid))  # (B, H, h, w)
+        y = self.blocks_after(self.pool(y))  # (B, H, s, s)
+        y = y.flatten(2).transpose(1, 2)  # (B, s*s, H)
+        return self.linear_2(self.act(self.linear_1(y)))  # (B, M, D_txt)

@@ -1,6 +1,8 @@
 """Alignment losses between projected image vectors and text vectors. Pure functions of tensors.
 
-Shapes: img (B, D), txt (B, D); row i of img and row i of txt are a matched pair.
+Shapes: img (B, D) pooled, or (B, M, D) token-level; txt (B, D); row i of img and of txt are a matched pair.
+Token-level image sets are scored against a caption by the mean cosine over their M tokens (late interaction
+with mean aggregation), so every token is pulled towards its caption and contrasted with the other captions.
 """
 from __future__ import annotations
 
@@ -11,12 +13,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def cosine_scores(img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+    """Cosine score of every image with every caption: (B, D) or (B, M, D) with (C, D) -> (B, C)."""
+    txt = F.normalize(txt, dim=-1)
+    if img.ndim == 3:
+        return torch.einsum("bmd,cd->bc", F.normalize(img, dim=-1), txt) / img.shape[1]  # mean over M tokens
+    return F.normalize(img, dim=-1) @ txt.T
+
+
 def cosine_alignment_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean(1 - cos(pred_i, target_i)): 0 for identical directions, 1 orthogonal, 2 opposite.
 
     The classic projector lesson's loss: it pulls each pair together but never pushes non-pairs apart, so on its
     own it can collapse all images onto the mean caption; InfoNCE and sigmoid losses add the push.
     """
+    if pred.ndim == 3:
+        target = target[:, None, :]  # (B, 1, D): every token of image i aims at caption i
     return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
 
 
@@ -25,8 +37,7 @@ def info_nce_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tenso
 
     `logit_scale` is log(1 / temperature), learned and clamped at log(100) as in CLIP.
     """
-    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
-    logits = logit_scale.clamp(max=math.log(100.0)).exp() * img @ txt.T  # (B, B)
+    logits = logit_scale.clamp(max=math.log(100.0)).exp() * cosine_scores(img, txt)  # (B, B)
     labels = torch.arange(len(img), device=img.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
@@ -35,8 +46,7 @@ def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor
                  logit_bias: torch.Tensor) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, Algorithm 1): every pair is a binary problem,
     +1 on the diagonal and -1 elsewhere, summed over pairs and divided by the batch size."""
-    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
-    logits = logit_scale.exp() * img @ txt.T + logit_bias  # (B, B)
+    logits = logit_scale.exp() * cosine_scores(img, txt) + logit_bias  # (B, B)
     signs = 2.0 * torch.eye(len(img), device=img.device, dtype=logits.dtype) - 1.0  # +1 diag, -1 off
     return -F.logsigmoid(signs * logits).sum() / len(img)
 

@@ -1,0 +1,193 @@
+"""Projector checkpoints: one safetensors file whose header carries the JSON config, written atomically.
+
+The config records what a projector needs to be rebuilt and what it was trained between: family, dims, options,
+encoder, token selection, text space, pooling. Loading rebuilds the projector, checks every tensor's shape and
+the dims against the encoder and text space in use, and says what was expected versus found.
+
+At the edge we speak LLaVA: `mm_projector.bin` (a torch state dict with keys `model.mm_projector.0.weight`,
+`.2.weight`, ... for mlpNx_gelu, `model.mm_projector.weight` for linear) and Hugging Face Llava's
+`multi_modal_projector.linear_1/linear_2`. Nothing is ever unpickled beyond tensors: torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .projectors import Projector, build_projector
+
+FORMAT = "vlmviz-projector/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be used; the message says what was expected and what was found."""
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call write(tmp_path) on a temp file next to `path`, fsync it, then rename over `path`: a crash or a full
+    disk mid-write leaves the previous file intact, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, projector: Projector, **meta) -> Path:
+    """Save weights + config. `meta`: encoder, tokens, text, pooling, loss, steps, metrics ... (JSON-able)."""
+    config = {"format": FORMAT, "projector": projector.config(), **meta}
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in projector.state_dict().items()}
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise CheckpointError("refusing to save a projector with NaN or infinite weights")
+    header = {"vlmviz": json.dumps(config)}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def read_config(path: str | Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get("vlmviz")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{Path(path).name}: not a readable safetensors checkpoint ({err})") from None
+    if raw is None:
+        raise CheckpointError(f"{Path(path).name}: safetensors file has no vlmviz config; "
+                              "if it holds LLaVA projector weights, import it with import_llava_projector")
+    return json.loads(raw)
+
+
+def load_checkpoint(path: str | Path, in_dim: int | None = None, out_dim: int | None = None,
+                    encoder: str | None = None, text: str | None = None) -> tuple[Projector, dict]:
+    """Rebuild and fill the projector; check it fits an encoder width `in_dim` and a text width `out_dim`."""
+    config = read_config(path)
+    spec = config["projector"]
+    _check_dims(spec["in_dim"], spec["out_dim"], in_dim, out_dim, config, encoder, text)
+    projector = build_projector(spec["family"], spec["in_dim"], spec["out_dim"], **spec.get("options", {}))
+    _load_state(projector, load_file(str(path)), Path(path).name)
+    return projector.eval(), config
+
+
+def _check_dims(ck_in, ck_out, in_dim, out_dim, config, encoder, text):
+    problems = []
+    if in_dim is not None and ck_in != in_dim:
+        problems.append(f"checkpoint projector expects D_vis={ck_in} (encoder {config.get('encoder', '?')}, tokens "
+                        f"{config.get('tokens', '?')}), encoder {encoder or ''} gives {in_dim}")
+    if out_dim is not None and ck_out != out_dim:
+        problems.append(f"checkpoint projector outputs D_txt={ck_out} (text space {config.get('text', '?')}), "
+                        f"text space {text or ''} has {out_dim}")
+    if problems:
+        raise CheckpointError("; ".join(p.replace("  ", " ") for p in problems))
+
+
+def _load_state(projector: Projector, state: dict, name: str) -> None:
+    expected = projector.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(state[k].shape)}"
+             for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
+                 "; ".join(wrong)]
+        raise CheckpointError(f"{name} does not fit a {projector.family} projector "
+                              f"({projector.in_dim} -> {projector.out_dim}): " + "; ".join(p for p in parts if p))
+    for k, v in state.items():
+        if not torch.isfinite(v).all():
+            raise CheckpointError(f"{name}: tensor {k} contains NaN or infinity")
+    projector.load_state_dict(state)
+
+
+# ---- LLaVA and Hugging Face Llava interop -------------------------------------------------------------------
+
+def _linear_layers(projector: Projector) -> list[torch.nn.Linear]:
+    if projector.family == "linear":
+        return [projector.linear]
+    if re.fullmatch(r"mlp(\d+x_gelu)?", projector.family):
+        return [getattr(projector, f"linear_{i}") for i in range(1, projector.depth + 1)]
+    raise CheckpointError(f"LLaVA export supports the linear and mlpNx_gelu families, not {projector.family}")
+
+
+def export_llava(projector: Projector, path: str | Path, style: str = "llava") -> Path:
+    """style="llava": mm_projector.bin as LLaVA's training saves it (model.mm_projector.{0,2,..}.weight);
+    style="hf": safetensors with transformers' Llava names (multi_modal_projector.linear_{1,2}.weight)."""
+    layers = _linear_layers(projector)
+    state = {}
+    for i, layer in enumerate(layers):
+        if style == "llava":
+            prefix = "model.mm_projector" if projector.family == "linear" else f"model.mm_projector.{2 * i}"
+        elif style == "hf":
+            prefix = f"multi_modal_projector.linear_{i + 1}"
+        else:
+            raise ValueError(f"style must be 'llava' or 'hf', got {style!r}")
+        state[f"{prefix}.weight"] = layer.weight.detach().cpu().contiguous()
+        if layer.bias is not None:
+            state[f"{prefix}.bias"] = layer.bias.detach().cpu().contiguous()
+    if style == "llava":
+        return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return atomic_write(path, lambda tmp: save_file(state, tmp))
+
+
+def read_llava_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a LLaVA mm_projector.bin (tensors only, weights_only=True) or a safetensors file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+        if magic[:2] == b"PK" or magic[:1] == b"\x80":  # torch zip or legacy pickle
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            state = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as err:
+        raise CheckpointError(f"{path.name}: not a readable projector file (expected LLaVA mm_projector.bin or "
+                              f"safetensors): {str(err).splitlines()[0][:200]}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path.name}: expected a dict of tensors")
+    return state
+
+
+def import_llava_projector(path: str | Path, in_dim: int | None = None, out_dim: int | None = None) -> Projector:
+    """Build a linear or mlpNx_gelu projector from LLaVA's or transformers' Llava projector weights."""
+    state = read_llava_state(path)
+    layers: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        m = (re.search(r"mm_projector\.(?:(\d+)\.)?(weight|bias)$", key)
+             or re.search(r"multi_modal_projector\.linear_(\d+)\.(weight|bias)$", key))
+        if not m:
+            continue
+        index = int(m.group(1)) if m.group(1) else 0
+        index = index // 2 if "mm_projector" in key else index - 1  # LLaVA: 0, 2, 4 (GELU between); HF: 1, 2
+        layers.setdefault(index, {})[m.group(2)] = tensor.float()
+    name = Path(path).name
+    if not layers:
+        raise CheckpointError(f"{name}: no projector weights found; expected keys like model.mm_projector.0.weight "
+                              f"or multi_modal_projector.linear_1.weight, found {sorted(state)[:5]}")
+    if sorted(layers) != list(range(len(layers))) or any("weight" not in v for v in layers.values()):
+        raise CheckpointError(f"{name}: projector layers are incomplete: found layer indices {sorted(layers)}")
+    family = "linear" if len(layers) == 1 else f"mlp{len(layers)}x_gelu"  # mlp1x_gelu is a linear map
+    weights = [layers[i]["weight"] for i in range(len(layers))]  # each (out, in)
+    ck_in, ck_out = weights[0].shape[1], weights[-1].shape[0]
+    _check_dims(ck_in, ck_out, in_dim, out_dim, {"encoder": "of the LLaVA checkpoint"}, None, None)
+    options = {} if family == "linear" else {"hidden_dim": weights[0].shape[0]}
+    projector = build_projector(family, ck_in, ck_out, **options)
+    ours = _linear_layers(projector)
+    state = {}
+    for i, layer in enumerate(ours):
+        prefix = "linear" if family == "linear" else f"linear_{i + 1}"
+        state[f"{prefix}.weight"] = layers[i]["weight"]
+        state[f"{prefix}.bias"] = layers[i].get("bias", torch.zeros(layer.out_features))
+    _load_state(projector, state, name)
+    return projector.eval()

@@ -1,0 +1,195 @@
+"""Projector-only training on cached encoder features.
+
+The encoder ran once (features.py); the text side is a fixed matrix of caption vectors; the optimizer sees only
+the projector's parameters (plus the loss's temperature / bias). Progress leaves through a callback so a Gradio
+generator, tqdm or a notebook can show it; `should_stop` is polled between steps to cancel.
+
+Shapes: N training pairs, T selected encoder tokens, D_vis encoder width, M projector tokens, D_txt text width.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .config import TrainConfig
+from .losses import LossHead
+from .metrics import alignment_report
+from .projectors import Projector
+from .tokens import pool_tokens
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to 10% of it (the usual CLIP / LLaVA schedule)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+@dataclass
+class TrainResult:
+    projector: Projector
+    loss_head: LossHead
+    history: list[dict] = field(default_factory=list)  # one row per step: step, loss, lr, temperature
+    evals: list[dict] = field(default_factory=list)  # alignment_report rows with their step
+    cancelled: bool = False
+    steps_done: int = 0
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+def embed(projector: Projector, tokens: torch.Tensor, pooling: str, batch_size: int = 256) -> torch.Tensor:
+    """Projected, pooled vectors for evaluation: (N, T, D_vis) -> (N, D_txt); token-level outputs are mean-pooled."""
+    device = next(projector.parameters()).device
+    was_training = projector.training
+    projector.eval()
+    with torch.no_grad():
+        out = torch.cat([
+            pool_tokens(projector(tokens[i:i + batch_size].to(device).float()), "mean" if pooling == "none" else pooling)
+            for i in range(0, len(tokens), batch_size)
+        ]).float().cpu()
+    projector.train(was_training)
+    return out
+
+
+def evaluate(projector: Projector, tokens: torch.Tensor, text: torch.Tensor, pooling: str, k: int = 10) -> dict:
+    return alignment_report(embed(projector, tokens, pooling), text, k=k)
+
+
+def train_projector(
+    projector: Projector,
+    tokens: torch.Tensor,
+    text: torch.Tensor,
+    cfg: TrainConfig,
+    eval_tokens: torch.Tensor | None = None,
+    eval_text: torch.Tensor | None = None,
+    callback: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    accelerator=None,
+) -> TrainResult:
+    """Train `projector` so that pool(projector(tokens[i])) aligns with text[i].
+
+    tokens (N, T, D_vis) selected encoder tokens; text (N, D_txt) caption vectors of the frozen text space.
+    With an `accelerate.Accelerator`, each process draws its slice of the same global batch and gradients are
+    averaged across processes (DistributedDataParallel), so results match one process with the same global batch.
+    """
+    if len(tokens) != len(text):
+        raise ValueError(f"got {len(tokens)} images but {len(text)} captions; expected one caption per image")
+    if tokens.ndim != 3 or tokens.shape[-1] != projector.in_dim:
+        raise ValueError(f"tokens must be (N, T, {projector.in_dim}) for this projector, got {tuple(tokens.shape)}")
+    if text.shape[-1] != projector.out_dim:
+        raise ValueError(f"text vectors must be {projector.out_dim}-d for this projector, got {text.shape[-1]}")
+    if not (torch.isfinite(tokens).all() and torch.isfinite(text).all()):
+        raise ValueError("training features contain NaN or infinity")
+    if cfg.loss != "cosine" and len(tokens) < 2:
+        raise ValueError(f"{cfg.loss} needs at least 2 pairs (it contrasts each pair with the others)")
+    torch.manual_seed(cfg.seed)
+    device = accelerator.device if accelerator is not None else resolve_device(cfg.device)
+    head = LossHead(cfg.loss)
+    projector.to(device).train()
+    head.to(device)
+    optimizer = torch.optim.AdamW(
+        [{"params": list(projector.parameters()), "weight_decay": cfg.weight_decay},
+         {"params": list(head.parameters()), "weight_decay": 0.0}],  # never decay a temperature
+        lr=cfg.lr,
+    )
+    model = _Trainable(projector, head)
+    if accelerator is not None:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
+    batch = min(cfg.batch_size, len(tokens))
+    if batch % world:
+        raise ValueError(f"batch_size {batch} must be divisible by the {world} processes")
+    generator = torch.Generator().manual_seed(cfg.seed)  # same on every process: same global batches
+    autocast = device.type == "cuda"
+    result = TrainResult(projector, head, device=str(device))
+    start = time.perf_counter()
+
+    def run_eval(step):
+        if eval_tokens is None or eval_text is None:
+            return None
+        report = {"step": step, **evaluate(projector, eval_tokens, eval_text, cfg.pooling)}
+        result.evals.append(report)
+        return report
+
+    for step in range(cfg.steps):
+        if should_stop is not None and should_stop():
+            result.cancelled = True
+            break
+        idx = torch.randperm(len(tokens), generator=generator)[:batch]  # the global batch
+        idx = idx[rank * batch // world:(rank + 1) * batch // world]  # this process's slice
+        x, y = tokens[idx].to(device).float(), text[idx].to(device).float()
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss, aux = model(x, y, cfg.pooling)
+            total = loss + cfg.aux_loss_weight * aux
+        optimizer.zero_grad(set_to_none=True)
+        if accelerator is not None:
+            accelerator.backward(total)
+        else:
+            total.backward()
+        optimizer.step()
+        row = {"step": step + 1, "loss": float(loss.detach()), "lr": lr, "temperature": head.temperature}
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(f"loss became {row['loss']} at step {step + 1}; lower the learning rate")
+        result.history.append(row)
+        result.steps_done = step + 1
+        is_eval = cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps)
+        metrics = run_eval(step + 1) if is_eval else None
+        if callback is not None:
+            callback({**row, "steps": cfg.steps, "metrics": metrics, "elapsed": time.perf_counter() - start})
+    if result.cancelled and eval_tokens is not None and result.steps_done:
+        run_eval(result.steps_done)  # what we have, measured
+    projector.eval()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+class _Trainable(torch.nn.Module):
+    """Projector + loss head as one module, so DDP (accelerate) wraps and syncs both."""
+
+    def __init__(self, projector: Projector, head: LossHead):
+        super().__init__()
+        self.projector, self.head = projector, head
+
+    def forward(self, x, y, pooling):
+        out = pool_tokens(self.projector(x), pooling)  # (b, D_txt) or (b, M, D_txt)
+        return self.head(out.float(), y), self.projector.aux_loss()
+
+
+def fit_least_squares(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-free baseline: W, b minimising ||x W + b - y||^2 + ridge ||W||^2 (x (N, D_vis), y (N, D_txt))."""
+    x, y = x.double(), y.double()
+    mx, my = x.mean(0), y.mean(0)
+    xc = x - mx
+    gram = xc.T @ xc + ridge * len(x) * torch.eye(x.shape[1], dtype=x.dtype)  # (D_vis, D_vis)
+    w = torch.linalg.solve(gram, xc.T @ (y - my))  # (D_vis, D_txt)
+    return w.float(), (my - mx @ w).float()
+
+
+def fit_procrustes(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Orthogonal Procrustes on centred, unit-normalised features (Choi et al.): the rotation R minimising
+    ||x R - y||_F; when widths differ, R is the (D_vis, D_txt) semi-orthogonal map from the SVD of x^T y."""
+    xn = torch.nn.functional.normalize(x.double() - x.double().mean(0), dim=-1)
+    yn = torch.nn.functional.normalize(y.double() - y.double().mean(0), dim=-1)
+    u, _, vh = torch.linalg.svd(xn.T @ yn, full_matrices=False)  # (D_vis, r), (r, D_txt)
+    return (u @ vh).float()
+

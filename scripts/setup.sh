@@ -11,12 +11,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.vlmviz-requirements
-want=$(cat requirements.txt requirements-nodeps.txt | sha1sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-nodeps.txt pyproject.toml | sha1sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing Python requirements (about 3 minutes on a fresh machine)"
   .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
   .venv/bin/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt 2>&1 | grep -v "is ignored: it is neither" || true
-  .venv/bin/python -c "import torch, transformers, gradio, onnx, gguf, sentence_transformers" \
+  .venv/bin/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
+  .venv/bin/python -c "import vlmviz, torch, transformers, gradio, onnx, gguf, sentence_transformers" \
     || { echo "[setup] requirements did not install; see the pip output above" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

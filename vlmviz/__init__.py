@@ -1,0 +1,35 @@
+"""vlmviz: see, measure and train the connector (modality projector) of vision-language models.
+
+    from vlmviz import Pipeline, build_projector, load_vision_encoder, load_text_space
+
+Names load lazily, so `import vlmviz` stays fast and never imports gradio.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Pipeline": "explore", "get_pipeline": "explore",
+    "build_projector": "projectors", "list_projectors": "projectors", "Projector": "projectors",
+    "load_vision_encoder": "encoders", "list_vision_encoders": "encoders",
+    "load_text_space": "text", "list_text_spaces": "text",
+    "load_image": "images", "ImageLoadError": "images",
+    "train_projector": "train", "TrainResult": "train",
+    "save_checkpoint": "checkpoints", "load_checkpoint": "checkpoints",
+    "export_llava": "checkpoints", "import_llava_projector": "checkpoints",
+    "FeatureCache": "features",
+    "EncoderConfig": "config", "TextConfig": "config", "ProjectorConfig": "config", "TrainConfig": "config",
+    "ExperimentConfig": "config", "PRESETS": "config", "preset": "config",
+    "load_gallery": "data", "load_dataset": "data", "scene_split": "data",
+}
+__all__ = sorted(_EXPORTS) + ["metrics", "losses"]
+
+
+def __getattr__(name: str):
+    if name in ("metrics", "losses"):
+        return importlib.import_module(f".{name}", __name__)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'vlmviz' has no attribute {name!r}")

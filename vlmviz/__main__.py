@@ -1,0 +1,275 @@
+"""vlmviz command line: python -m vlmviz {embed,train,eval,export,import,ablate,lesson} --help
+
+Multi-process / multi-GPU training runs on Hugging Face accelerate:
+    accelerate launch -m vlmviz train ...      or      torchrun --nproc_per_node 2 -m vlmviz train ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import POOLINGS, TOKEN_MODES, EncoderConfig, ExperimentConfig, ProjectorConfig, TextConfig, TrainConfig
+from .losses import LOSSES
+
+
+def _tqdm_progress(desc):
+    from tqdm.auto import tqdm
+
+    bar = {}
+
+    def progress(done, total):
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, desc=desc, unit="img")
+        bar["bar"].n = done
+        bar["bar"].refresh()
+        if done >= total:
+            bar.pop("bar").close()
+
+    return progress
+
+
+def _options(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SystemExit(f"error: --option expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_embed(args):
+    from .encoders import load_vision_encoder
+    from .experiment import load_split
+    from .features import FeatureCache
+
+    train, test = load_split(args.dataset, args.n_train, args.n_test, args.seed)
+    cache = FeatureCache(args.cache)
+    tokens = cache.tokens(load_vision_encoder(args.encoder), [s.load() for s in train + test],
+                          progress=_tqdm_progress(f"encoding with {args.encoder}"))
+    print(f"{len(train) + len(test)} images -> tokens {tuple(tokens.shape)}; "
+          f"{cache.hits} cache hits, {cache.misses} encoded")
+
+
+def _experiment(args) -> ExperimentConfig:
+    from .config import preset
+
+    cfg = preset(args.preset) if args.preset else ExperimentConfig()
+    if args.encoder: cfg.encoder.name = args.encoder  # noqa: E701
+    if args.tokens: cfg.encoder = EncoderConfig(cfg.encoder.name, args.tokens)  # noqa: E701
+    if args.text: cfg.text = TextConfig(args.text)  # noqa: E701
+    if args.projector: cfg.projector = ProjectorConfig(args.projector, _options(args.option))  # noqa: E701
+    overrides = {k: getattr(args, k) for k in ("loss", "pooling", "steps", "lr", "batch_size", "seed", "device",
+                                                "eval_every", "warmup_steps") if getattr(args, k) is not None}
+    cfg.train = TrainConfig(**{**cfg.train.__dict__, **overrides})
+    return cfg
+
+
+def cmd_train(args):
+    from tqdm.auto import tqdm
+
+    from .experiment import run
+
+    cfg = _experiment(args)
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or args.accelerate:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=cfg.train.device == "cpu")
+    main = accelerator is None or accelerator.is_main_process
+    bar = tqdm(total=cfg.train.steps, desc="training", disable=not main)
+
+    def on_step(event):
+        bar.update(1)
+        bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
+        if event["metrics"] and main:
+            m = event["metrics"]
+            tqdm.write(f"step {event['step']}: i2t R@1 {m['i2t_R@1']:.3f}  t2i R@1 {m['t2i_R@1']:.3f}  "
+                       f"gap {m['modality_gap']:.3f}")
+
+    out = run(cfg, args.dataset, args.n_train, args.n_test, out=args.out, callback=on_step, accelerator=accelerator,
+              progress=_tqdm_progress("encoding") if main else None)
+    bar.close()
+    if main:
+        first, last = out.result.history[0]["loss"], out.result.history[-1]["loss"]
+        print(f"loss {first:.4f} -> {last:.4f} in {out.result.steps_done} steps ({out.result.seconds:.1f}s on "
+              f"{out.result.device})")
+        if out.before and out.after:
+            for key in ("i2t_R@1", "t2i_R@1", "modality_gap"):
+                print(f"{key:>14}: {out.before[key]:.3f} -> {out.after[key]:.3f} (N={out.after['N']})")
+        if out.checkpoint:
+            print(f"checkpoint: {out.checkpoint}")
+        if args.history:
+            Path(args.history).write_text(json.dumps(out.result.history))
+
+
+def cmd_eval(args):
+    from .checkpoints import load_checkpoint, read_config
+    from .encoders import load_vision_encoder, token_dim
+    from .experiment import featurize, load_split
+    from .text import load_text_space
+    from .train import evaluate
+
+    ck = read_config(args.checkpoint)
+    cfg = ExperimentConfig(EncoderConfig(ck["encoder"], ck["tokens"]), TextConfig(ck["text"]))
+    enc, txt = load_vision_encoder(cfg.encoder.name), load_text_space(cfg.text.name)
+    projector, _ = load_checkpoint(args.checkpoint, token_dim(enc.hidden_size, cfg.encoder.tokens), txt.dim,
+                                   cfg.encoder.name, cfg.text.name)
+    _, test = load_split(args.dataset or ck.get("dataset", "scenes-1obj"), args.n_train, args.n_test, args.seed)
+    feats = featurize(cfg, test, progress=_tqdm_progress("encoding"))
+    report = evaluate(projector, feats.tokens, feats.text, ck.get("pooling", "mean"))
+    print(json.dumps(report, indent=2))
+
+
+def cmd_export(args):
+    from .checkpoints import export_llava, load_checkpoint
+
+    projector, _ = load_checkpoint(args.checkpoint)
+    print(f"wrote {export_llava(projector, args.out, args.style)}")
+
+
+def cmd_import(args):
+    from .checkpoints import import_llava_projector, save_checkpoint
+    from .encoders import load_vision_encoder, token_dim
+    from .text import load_text_space
+
+    in_dim = token_dim(load_vision_encoder(args.encoder).hidden_size, args.tokens) if args.encoder else None
+    out_dim = load_text_space(args.text).dim if args.text else None
+    projector = import_llava_projector(args.path, in_dim, out_dim)
+    path = save_checkpoint(args.out, projector, encoder=args.encoder, tokens=args.tokens, text=args.text,
+                           pooling="mean", source=str(args.path))
+    print(f"{projector.family} {projector.in_dim} -> {projector.out_dim} ({projector.num_params:,} params): {path}")
+
+
+def cmd_ablate(args):
+    import pandas as pd
+
+    from .ablate import run_ablation
+
+    tables = []
+    for enc in args.encoder:
+        for txt in args.text:
+            print(f"== {enc} x {txt}")
+            tables.append(run_ablation(enc, txt, args.family, steps=args.steps, batch_size=args.batch_size,
+                                       lr=args.lr, loss=args.loss, n_train=args.n_train, n_test=args.n_test,
+                                       objects=args.objects, seed=args.seed))
+    table = pd.concat(tables, ignore_index=True)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "ablation.csv", index=False)
+    cols = [c for c in ("encoder", "text", "connector", "kind", "i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5",
+                        "swap_acc", "acc_color", "acc_shape", "modality_gap", "params", "out_tokens", "train_s")
+            if c in table]
+    (out / "ablation.md").write_text(table[cols].to_markdown(index=False, floatfmt=".3f"))
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {out / 'ablation.csv'} and {out / 'ablation.md'}")
+
+
+def cmd_lesson(args):
+    from .lesson import run_lesson
+
+    run_lesson(real=args.real, steps=args.steps, log=print)
+
+
+def _add_train_args(p):
+    p.add_argument("--preset", help="a named preset from vlmviz.config.PRESETS")
+    p.add_argument("--encoder", help="vit-s14, efficientnet-lite0, or a Hugging Face id / folder")
+    p.add_argument("--tokens", choices=TOKEN_MODES)
+    p.add_argument("--text", help="smollm2-135m, smollm2-135m-ctx, minilm-l6, or a Hugging Face id / folder")
+    p.add_argument("--projector", help="connector family, e.g. linear, mlp2x_gelu, qformer")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="projector option, repeatable")
+    p.add_argument("--loss", choices=LOSSES)
+    p.add_argument("--pooling", choices=POOLINGS)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+
+
+def _add_data_args(p, dataset="scenes-1obj"):
+    p.add_argument("--dataset", default=dataset,
+                   help="gallery, scenes-1obj, scenes-2obj, digits, an imagefolder path or a COCO captions .json")
+    p.add_argument("--n-train", type=int, default=600)
+    p.add_argument("--n-test", type=int, default=200)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vlmviz", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("embed", help="run a dataset through a frozen encoder into the feature cache")
+    p.add_argument("--encoder", default="vit-s14")
+    p.add_argument("--cache", help="cache folder (default: $VLMVIZ_CACHE/features)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_data_args(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("train", help="train a projector on cached features and write a checkpoint")
+    _add_train_args(p)
+    _add_data_args(p)
+    p.add_argument("--out", default="projector.safetensors", help="checkpoint path (safetensors)")
+    p.add_argument("--history", help="write the per-step loss history as JSON here")
+    p.add_argument("--accelerate", action="store_true", help="use accelerate even in a single process")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="metrics of a checkpoint on a dataset's test split")
+    p.add_argument("checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    _add_data_args(p, dataset=None)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="export a linear / mlpNx_gelu checkpoint for LLaVA or transformers")
+    p.add_argument("checkpoint")
+    p.add_argument("--style", choices=["llava", "hf"], default="llava")
+    p.add_argument("--out", default="mm_projector.bin")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="import a LLaVA mm_projector.bin or HF Llava projector as a checkpoint")
+    p.add_argument("path")
+    p.add_argument("--encoder", help="check the input width against this encoder")
+    p.add_argument("--tokens", choices=TOKEN_MODES, default="patch")
+    p.add_argument("--text", help="check the output width against this text space")
+    p.add_argument("--out", default="imported.safetensors")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("ablate", help="the connector ablation table on held-out attribute combinations")
+    p.add_argument("--encoder", nargs="+", default=["vit-s14"])
+    p.add_argument("--text", nargs="+", default=["smollm2-135m"])
+    p.add_argument("--family", nargs="+", help="families to train (default: all)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--loss", choices=LOSSES, default="infonce")
+    p.add_argument("--n-train", type=int, default=600)
+    p.add_argument("--n-test", type=int, default=200)
+    p.add_argument("--objects", type=int, default=1, choices=[1, 2])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", default="artifacts/ablation")
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("lesson", help="reproduce the classic projector lesson (cosine loss falling)")
+    p.add_argument("--real", action="store_true", help="the same recipe on real encoder features")
+    p.add_argument("--steps", type=int, default=200)
+    p.set_defaults(func=cmd_lesson)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,7 +62,9 @@ class TrainConfig:
     def __post_init__(self):
         from .losses import LOSSES
 
-        _check(self.loss, LOSSES, "loss")
+        _check(self.loss, LOSSES + ("caption",), "loss")
+        if self.loss == "caption" and self.pooling != "none":
+            raise ValueError("the caption loss feeds every projected token to the LM: use pooling 'none'")
         _check(self.pooling, POOLINGS, "pooling")
         _check(self.device, DEVICES, "device")
         for name in ("steps", "batch_size"):

@@ -1,20 +1,25 @@
 """UI-agnostic facade: what the web app and the notebooks both call.
 
-A `Pipeline` holds one frozen encoder, one frozen text space and one projector, and answers the questions the
-app asks: how does this image rank these captions, which patches match a caption, which vocabulary words sit
-nearest to each projected token. Shape legend: B images, N encoder tokens, M projector tokens, T captions,
-D_vis encoder width, D_txt text width.
+A `Pipeline` holds one frozen encoder, one frozen text space and one projector, and answers the questions the app
+asks: how does this image rank these captions, which patches match a caption, which vocabulary words sit nearest
+to each projected token, what shapes pass along the way. Shape legend: B images, N encoder tokens, M projector
+tokens, T captions, D_vis encoder width, D_txt text width, h x w token grid.
 """
 from __future__ import annotations
 
+import math
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .encoders import load_vision_encoder, select_tokens, token_dim
+from .features import image_hash
 from .images import load_image
 from .projectors import Projector, build_projector
 from .text import load_text_space
@@ -35,6 +40,28 @@ def clean_captions(captions: Sequence[str] | str) -> list[str]:
     return cleaned
 
 
+class _TokenLRU:
+    """Encoder tokens of recently seen images, so re-ranking the same image with new captions skips the encoder."""
+
+    def __init__(self, size: int = 64):
+        self.size, self._d, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key, compute):
+        with self._lock:
+            if key in self._d:
+                self._d.move_to_end(key)
+                return self._d[key]
+        value = compute()
+        with self._lock:
+            self._d[key] = value
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+        return value
+
+
+_TOKENS = _TokenLRU()
+
+
 @dataclass
 class Pipeline:
     encoder: object  # VisionEncoder
@@ -42,6 +69,8 @@ class Pipeline:
     projector: Projector
     tokens: str = "all"
     pooling: str = "mean"
+    label: str = ""
+    info: dict = field(default_factory=dict)  # checkpoint config, when it came from one
 
     @classmethod
     def build(cls, encoder: str = "vit-s14", text: str = "smollm2-135m", projector: str = "linear",
@@ -50,30 +79,108 @@ class Pipeline:
         enc, txt = load_vision_encoder(encoder), load_text_space(text)
         torch.manual_seed(seed)  # an untrained projector is still reproducible
         proj = build_projector(projector, token_dim(enc.hidden_size, tokens), txt.dim, **options)
-        return cls(enc, txt, proj.eval(), tokens, pooling)
+        return cls(enc, txt, proj.eval(), tokens, pooling, f"untrained {projector}")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, encoder: str | None = None, text: str | None = None) -> "Pipeline":
+        """A trained or imported projector between the encoder and text space its checkpoint names (or the ones
+        given); every dimension is checked and a mismatch says what was expected versus found."""
+        from .checkpoints import load_checkpoint, read_config
+
+        config = read_config(path)
+        encoder, text = encoder or config.get("encoder") or "vit-s14", text or config.get("text") or "smollm2-135m"
+        tokens = config.get("tokens") or "all"
+        enc, txt = load_vision_encoder(encoder), load_text_space(text)
+        proj, config = load_checkpoint(path, token_dim(enc.hidden_size, tokens), txt.dim, encoder, text)
+        return cls(enc, txt, proj, tokens, config.get("pooling") or "mean", Path(path).stem, config)
+
+    # ---- the forward path ---------------------------------------------------------------------------------
+    def image_tokens(self, image) -> torch.Tensor:
+        """Encoder tokens (1, N, D_vis) of one image, remembered for the next request about the same image."""
+        img = load_image(image)
+        key = (self.encoder.cache_id, image_hash(img))
+        return _TOKENS.get(key, lambda: self.encoder.encode([img]))
 
     def project(self, vis_tokens: torch.Tensor) -> torch.Tensor:
         """Encoder tokens (B, N, D_vis) -> projected tokens (B, M, D_txt)."""
         selected = select_tokens(vis_tokens, self.encoder.has_cls, self.tokens)  # (B, N', D_vis')
         with torch.no_grad():
-            return self.projector(selected.to(next(self.projector.parameters(), selected).dtype))
+            return self.projector(selected.float())
 
     def embed_images(self, images: Sequence, progress=None) -> torch.Tensor:
-        """Images -> pooled projected vectors (B, D_txt), or token sets (B, M, D_txt) when pooling is none."""
-        return pool_tokens(self.project(self.encoder.encode(list(images), progress=progress)), self.pooling)
+        """Images -> pooled projected vectors (B, D_txt); token-level (pooling none) outputs are mean-pooled."""
+        tokens = self.encoder.encode([load_image(im) for im in images], progress=progress)
+        return pool_tokens(self.project(tokens), self._vector_pooling)
+
+    @property
+    def _vector_pooling(self) -> str:
+        return "mean" if self.pooling == "none" else self.pooling
 
     def rank_captions(self, image, captions: Sequence[str] | str, temperature: float = 0.07) -> list[dict]:
         """Captions sorted by cosine similarity with the image's pooled projected vector, with the softmax
-        probability at `temperature` (CLIP's learned value is about 0.01; 0.07 is its initialisation)."""
+        probability at `temperature` (CLIP learns about 0.01; 0.07 is its initialisation)."""
         captions = clean_captions(captions)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        img = pool_tokens(self.project(self.encoder.encode([load_image(image)])), "mean" if self.pooling == "none"
-                          else self.pooling)  # (1, D_txt)
+        img = pool_tokens(self.project(self.image_tokens(image)), self._vector_pooling)  # (1, D_txt)
         sims = F.cosine_similarity(img, self.text.encode(captions), dim=-1)  # (T,)
         probs = (sims / temperature).softmax(0)
         order = sims.argsort(descending=True).tolist()
         return [{"caption": captions[i], "cosine": float(sims[i]), "prob": float(probs[i])} for i in order]
+
+    # ---- looking inside -----------------------------------------------------------------------------------
+    def output_grid(self, num_selected: int) -> tuple[int, int, int] | None:
+        """(h, w, offset) when projected tokens keep a spatial grid (offset 1 skips a CLS token); None for
+        learned-query connectors, whose outputs are not tied to places."""
+        if hasattr(self.projector, "queries") or self.tokens in ("cls", "mean", "cls+mean"):
+            return None
+        m = self.projector.num_output_tokens(num_selected)
+        for offset in (0, 1):
+            side = math.isqrt(m - offset)
+            if m - offset > 0 and side * side == m - offset:
+                return side, side, offset
+        return None
+
+    def patch_similarity(self, image, caption: str) -> tuple[np.ndarray | None, str]:
+        """Cosine of each projected token with the caption on the token grid (h, w), and a note for the UI."""
+        caption = clean_captions([caption])[0]
+        vis = self.image_tokens(image)
+        selected = select_tokens(vis, self.encoder.has_cls, self.tokens)
+        projected = self.project(vis)[0]  # (M, D_txt)
+        txt = self.text.encode([caption])  # (1, D_txt)
+        sims = F.cosine_similarity(projected, txt, dim=-1)  # (M,)
+        grid = self.output_grid(selected.shape[1])
+        if grid is not None:
+            h, w, offset = grid
+            return sims[offset:].reshape(h, w).numpy(), f"cosine of each of the {h}x{w} projected patch tokens"
+        weights = getattr(self.projector, "attn_weights", None)  # (1, Q, N) of the resampler's last forward
+        n = selected.shape[1]
+        side = math.isqrt(n - int(self.encoder.has_cls and self.tokens == "all"))
+        if weights is not None and side * side in (n, n - 1):
+            q = int(sims.argmax())
+            attn = weights[0, q, n - side * side:]  # skip CLS if present
+            return attn.reshape(side, side).numpy(), (f"no patch grid after a resampler: attention of query {q}, the "
+                                                     "query closest to the caption, over the patches")
+        return None, (f"{self.projector.family} on '{self.tokens}' tokens has no spatial grid to draw; choose token "
+                      "selection 'patch' or 'all' and a grid-keeping connector")
+
+    def nearest_words(self, image, k: int = 3) -> tuple[list[list[str]], str]:
+        """Nearest vocabulary words of each projected token (logit-lens style), laid out on the grid when
+        there is one: rows of cells, each cell 'word1 / word2 / ...'."""
+        if not getattr(self.text, "has_vocab", False):
+            raise ValueError(f"text space {self.text.name} has no vocabulary to read tokens against")
+        vis = self.image_tokens(image)
+        n = select_tokens(vis, self.encoder.has_cls, self.tokens).shape[1]
+        projected = self.project(vis)[0]  # (M, D_txt)
+        words = [" / ".join(w.strip() or repr(w) for w, _ in near) for near in self.text.nearest_tokens(projected, k)]
+        grid = self.output_grid(n)
+        if grid is None:
+            return [[f"#{i}: {w}"] for i, w in enumerate(words)], f"{len(words)} projected tokens (no grid)"
+        h, w, offset = grid
+        cells = words[offset:]
+        rows = [cells[r * w:(r + 1) * w] for r in range(h)]
+        note = f"{h}x{w} grid of projected tokens" + (f"; CLS token: {words[0]}" if offset else "")
+        return rows, note
 
     def describe(self) -> dict:
         """Shapes along the way, for the UI's 'what happened' panel."""
@@ -82,32 +189,38 @@ class Pipeline:
         m = self.projector.num_output_tokens(selected)
         d_in = token_dim(self.encoder.hidden_size, self.tokens)
         return {
-            "encoder_tokens": f"({n}, {self.encoder.hidden_size})",
-            "selected_tokens": f"({selected}, {d_in})",
-            "projected_tokens": f"({m}, {self.text.dim})",
-            "pooled": f"({self.text.dim},)" if self.pooling != "none" else f"({m}, {self.text.dim})",
-            "projector": self.projector.family,
+            "encoder": self.encoder.name,
+            "encoder_tokens": [n, self.encoder.hidden_size],
+            "token_selection": self.tokens,
+            "selected_tokens": [selected, d_in],
+            "projector": self.label or self.projector.family,
             "projector_params": self.projector.num_params,
+            "projected_tokens": [m, self.text.dim],
+            "pooling": self.pooling,
+            "text_space": self.text.name,
             "output_tokens": m,
         }
 
 
-_PIPELINES: dict[tuple, Pipeline] = {}
+_PIPELINES: "OrderedDict[tuple, Pipeline]" = OrderedDict()
 _PIPELINES_LOCK = threading.Lock()
 
 
 def get_pipeline(encoder: str = "vit-s14", text: str = "smollm2-135m", projector: str = "linear",
                  tokens: str = "all", pooling: str = "mean", seed: int = 0) -> Pipeline:
-    """A shared, cached pipeline per choice; the frozen models behind it are loaded once per process."""
+    """A shared, cached pipeline per choice of untrained projector; frozen models are loaded once per process."""
     key = (encoder, text, projector, tokens, pooling, seed)
     with _PIPELINES_LOCK:
         if key not in _PIPELINES:
             _PIPELINES[key] = Pipeline.build(encoder, text, projector, tokens, pooling, seed)
+            while len(_PIPELINES) > 32:
+                _PIPELINES.popitem(last=False)
         return _PIPELINES[key]
 
 
 def warm_up_in_background(encoder: str = "vit-s14", text: str = "smollm2-135m") -> threading.Thread:
     """Load the default models in a thread so the app serves at once and the first request is fast."""
+
     def work():
         try:
             get_pipeline(encoder, text)
@@ -117,3 +230,51 @@ def warm_up_in_background(encoder: str = "vit-s14", text: str = "smollm2-135m") 
     thread = threading.Thread(target=work, name="vlmviz-warmup", daemon=True)
     thread.start()
     return thread
+
+
+@dataclass
+class MapResult:
+    frame: "object"  # pandas DataFrame: x, y, kind, pair, caption
+    metrics: dict  # alignment_report on the pooled vectors, with N and k
+    thumbnails: list  # PIL images of the image points, in frame order
+    note: str
+
+
+def build_map(pipeline: Pipeline, samples: Sequence, method: str = "pca", per_token: bool = False,
+              max_tokens_per_image: int = 16, progress=None) -> MapResult:
+    """Projected visual vectors next to caption vectors in one 2-D map (both unit-normalised first, so the modality
+    gap shows as distance), plus the metrics of the pooled pairs. per_token=True plots up to
+    `max_tokens_per_image` projected tokens per image instead of one pooled point."""
+    import pandas as pd
+
+    from .metrics import alignment_report
+    from .reduce import reduce_2d
+
+    if len(samples) < 3:
+        raise ValueError(f"a map needs at least 3 image-caption pairs, got {len(samples)}")
+    images = [s.load() for s in samples]
+    captions = [s.caption for s in samples]
+    vis = pipeline.encoder.encode(images, progress=progress)  # (B, N, D_vis)
+    projected = pipeline.project(vis)  # (B, M, D_txt)
+    pooled = pool_tokens(projected, pipeline._vector_pooling)  # (B, D_txt)
+    txt = pipeline.text.encode(captions)  # (B, D_txt)
+    metrics = alignment_report(pooled, txt, k=10)
+    if per_token:
+        m = projected.shape[1]
+        pick = torch.linspace(0, m - 1, min(m, max_tokens_per_image)).round().long()
+        points = projected[:, pick].reshape(-1, projected.shape[-1])  # (B * m', D_txt)
+        pairs = np.repeat(np.arange(len(samples)), len(pick))
+    else:
+        points, pairs = pooled, np.arange(len(samples))
+    xy = reduce_2d(torch.cat([F.normalize(points, dim=-1), F.normalize(txt, dim=-1)]).numpy(), method)
+    n_img = len(points)
+    frame = pd.DataFrame({
+        "x": xy[:, 0], "y": xy[:, 1],
+        "kind": ["image"] * n_img + ["caption"] * len(captions),
+        "pair": np.concatenate([pairs, np.arange(len(captions))]),
+        "caption": [captions[p] for p in pairs] + captions,
+    })
+    note = (f"{method.upper()} of {n_img} projected {'tokens' if per_token else 'images'} and {len(captions)} "
+            f"captions in {pipeline.text.name}; metrics on N={metrics['N']} pooled pairs, k={metrics['k']}")
+    thumbs = [images[p] for p in pairs] if not per_token else images
+    return MapResult(frame, metrics, thumbs, note)

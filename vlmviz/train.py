@@ -82,10 +82,12 @@ def train_projector(
     callback: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     accelerator=None,
+    head: torch.nn.Module | None = None,
 ) -> TrainResult:
     """Train `projector` so that pool(projector(tokens[i])) aligns with text[i].
 
     tokens (N, T, D_vis) selected encoder tokens; text (N, D_txt) caption vectors of the frozen text space.
+    For loss 'caption', `head` is a captioning.CaptionHead over the frozen LM and `text` holds caption indices (N,).
     With an `accelerate.Accelerator`, each process draws its slice of the same global batch and gradients are
     averaged across processes (DistributedDataParallel), so results match one process with the same global batch.
     """
@@ -93,20 +95,24 @@ def train_projector(
         raise ValueError(f"got {len(tokens)} images but {len(text)} captions; expected one caption per image")
     if tokens.ndim != 3 or tokens.shape[-1] != projector.in_dim:
         raise ValueError(f"tokens must be (N, T, {projector.in_dim}) for this projector, got {tuple(tokens.shape)}")
-    if text.shape[-1] != projector.out_dim:
+    captioning = cfg.loss == "caption"
+    if captioning and (head is None or text.ndim != 1):
+        raise ValueError("loss 'caption' needs head=CaptionHead(...) and text as caption indices of shape (N,)")
+    if not captioning and text.shape[-1] != projector.out_dim:
         raise ValueError(f"text vectors must be {projector.out_dim}-d for this projector, got {text.shape[-1]}")
     if not (torch.isfinite(tokens).all() and torch.isfinite(text).all()):
         raise ValueError("training features contain NaN or infinity")
-    if cfg.loss != "cosine" and len(tokens) < 2:
+    if cfg.loss in ("infonce", "sigmoid") and len(tokens) < 2:
         raise ValueError(f"{cfg.loss} needs at least 2 pairs (it contrasts each pair with the others)")
     torch.manual_seed(cfg.seed)
     device = accelerator.device if accelerator is not None else resolve_device(cfg.device)
-    head = LossHead(cfg.loss)
+    head = head if head is not None else LossHead(cfg.loss)
     projector.to(device).train()
     head.to(device)
     optimizer = torch.optim.AdamW(
         [{"params": list(projector.parameters()), "weight_decay": cfg.weight_decay},
-         {"params": list(head.parameters()), "weight_decay": 0.0}],  # never decay a temperature
+         # never decay a temperature; a frozen LM inside a caption head contributes nothing trainable
+         {"params": [p for p in head.parameters() if p.requires_grad], "weight_decay": 0.0}],
         lr=cfg.lr,
     )
     model = _Trainable(projector, head)
@@ -134,7 +140,8 @@ def train_projector(
             break
         idx = torch.randperm(len(tokens), generator=generator)[:batch]  # the global batch
         idx = idx[rank * batch // world:(rank + 1) * batch // world]  # this process's slice
-        x, y = tokens[idx].to(device).float(), text[idx].to(device).float()
+        x, y = tokens[idx].to(device).float(), text[idx].to(device)
+        y = y if captioning else y.float()
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr

@@ -1,0 +1,54 @@
+"""Frozen vision encoders: bundled real ones and any Hugging Face vision model.
+
+    from vlmviz.encoders import load_vision_encoder
+    enc = load_vision_encoder("vit-s14")          # or "efficientnet-lite0", a hub id, a local folder
+    tokens = enc.encode(images)                   # (B, N, D) float32
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from ..config import TOKEN_MODES
+from .base import VisionEncoder, select_tokens, token_dim
+
+__all__ = ["VisionEncoder", "list_vision_encoders", "load_vision_encoder", "select_tokens", "token_dim",
+           "TOKEN_MODES"]
+
+
+def _vit_s14():
+    from .vit_s14 import ViTS14
+
+    return ViTS14()
+
+
+def _efficientnet():
+    from .efficientnet import EfficientNetLite0
+
+    return EfficientNetLite0()
+
+
+BUNDLED = {"vit-s14": _vit_s14, "efficientnet-lite0": _efficientnet}
+
+
+def list_vision_encoders() -> list[str]:
+    return list(BUNDLED)
+
+
+def load_vision_encoder(name_or_path: str, device: str = "cpu") -> VisionEncoder:
+    """A frozen encoder by bundled name, Hugging Face id or local folder; loaded once per (name, device)."""
+    return _load(str(name_or_path), str(device))
+
+
+@functools.cache
+def _load(name_or_path: str, device: str) -> VisionEncoder:
+    if name_or_path in BUNDLED:
+        return BUNDLED[name_or_path]().to(device)
+    from .hf import HFVisionEncoder
+
+    try:
+        return HFVisionEncoder(name_or_path).to(device)
+    except (OSError, ValueError) as err:
+        where = "a local folder" if Path(name_or_path).exists() else "a Hugging Face id"
+        raise ValueError(f"unknown vision encoder {name_or_path!r}: not one of {list_vision_encoders()} and not "
+                         f"loadable as {where} ({str(err).splitlines()[0][:200]})") from None

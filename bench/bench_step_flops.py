@@ -35,6 +35,7 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the projector (fuses GELU / casts)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     bf16 = dev.type == "cuda"
@@ -48,21 +49,26 @@ def main():
 
     proj = build_projector("mlp2x_gelu", d_in, d).to(dev)
     opt = torch.optim.AdamW(proj.parameters(), lr=1e-4, fused=dev.type == "cuda")
+    model = torch.compile(proj) if args.compile else proj
     x = torch.randn(args.batch, 576, d_in, device=dev)
     target = torch.randn(args.batch, 576, d, device=dev)
 
     def step():
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            y = proj(x)
+            y = model(x)
             loss = (1 - torch.nn.functional.cosine_similarity(y.float(), target, dim=-1)).mean()
         opt.zero_grad(set_to_none=False)  # keep gradient buffers: no re-allocation per step
         loss.backward()
         opt.step()
 
+    if args.compile:
+        for _ in range(3):  # compilation happens on the first calls
+            step()
     t_step = timed(step, args.repeats, sync)
     step_flops = (2 * T * (d_in * d + d * d) + 2 * T * (d_in * d + 2 * d * d)) / t_step
     name = torch.cuda.get_device_name() if dev.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
-    print(f"device: {name}; dtype: {'bf16 autocast' if bf16 else 'fp32'}; batch {args.batch} x 576 tokens")
+    print(f"device: {name}; dtype: {'bf16 autocast' if bf16 else 'fp32'}; batch {args.batch} x 576 tokens"
+          f"{'; torch.compile' if args.compile else ''}")
     print(f"matmul ({T}x{d} @ {d}x{d}): {t_mm * 1e3:.1f} ms, {mm_flops / 1e9:.1f} GFLOP/s")
     print(f"mlp2x_gelu train step:     {t_step * 1e3:.1f} ms, {step_flops / 1e9:.1f} GFLOP/s")
     print(f"ratio step / matmul FLOP/s: {step_flops / mm_flops:.2f}  (target >= {0.4 if bf16 else 0.5})")

@@ -104,8 +104,9 @@ class Pipeline:
     def project(self, vis_tokens: torch.Tensor) -> torch.Tensor:
         """Encoder tokens (B, N, D_vis) -> projected tokens (B, M, D_txt)."""
         selected = select_tokens(vis_tokens, self.encoder.has_cls, self.tokens)  # (B, N', D_vis')
+        device = next(self.projector.parameters(), selected).device
         with torch.no_grad():
-            return self.projector(selected.float())
+            return self.projector(selected.float().to(device)).cpu()
 
     def embed_images(self, images: Sequence, progress=None) -> torch.Tensor:
         """Images -> pooled projected vectors (B, D_txt); token-level (pooling none) outputs are mean-pooled."""
@@ -278,3 +279,26 @@ def build_map(pipeline: Pipeline, samples: Sequence, method: str = "pca", per_to
             f"captions in {pipeline.text.name}; metrics on N={metrics['N']} pooled pairs, k={metrics['k']}")
     thumbs = [images[p] for p in pairs] if not per_token else images
     return MapResult(frame, metrics, thumbs, note)
+
+
+def get_checkpoint_pipeline(path: str | Path) -> Pipeline:
+    """A pipeline around a saved checkpoint, cached by path and modification time."""
+    path = Path(path)
+    key = ("checkpoint", str(path), path.stat().st_mtime_ns)
+    with _PIPELINES_LOCK:
+        if key in _PIPELINES:
+            return _PIPELINES[key]
+    pipe = Pipeline.from_checkpoint(path)
+    with _PIPELINES_LOCK:
+        _PIPELINES[key] = pipe
+        while len(_PIPELINES) > 32:
+            _PIPELINES.popitem(last=False)
+    return pipe
+
+
+def resolve_pipeline(choice: str, checkpoints: dict, encoder: str, text: str, tokens: str) -> Pipeline:
+    """The app's projector choice: 'untrained <family>' or the label of one of this session's checkpoints."""
+    if choice in checkpoints:
+        return get_checkpoint_pipeline(checkpoints[choice])
+    family = choice.removeprefix("untrained ").strip()
+    return get_pipeline(encoder, text, family, tokens)

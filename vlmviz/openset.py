@@ -17,21 +17,32 @@ from .metrics import modality_gap, ranks, similarity_matrix
 ATTRIBUTES = ("color", "shape", "size", "position", "relation", "count", "color2", "shape2")
 
 
+HARD_NEGATIVES = ("swapped", "swapped_role")
+
+
+def target_caption(sample) -> str:
+    """Scenes phrase the same facts with several templates; evaluation ranks one canonical phrasing per scene so
+    that a different template is never counted as a miss."""
+    return sample.meta.get("canonical", sample.caption)
+
+
 def candidate_set(train: Sequence, test: Sequence) -> tuple[list[str], list[dict | None]]:
     """Unique captions of train + test + swapped test captions, with the attributes each one states (None when
     unknown: a swapped caption states a combination nobody drew)."""
     captions, metas, seen = [], [], set()
     for sample in list(train) + list(test):
-        if sample.caption not in seen:
-            seen.add(sample.caption)
-            captions.append(sample.caption)
+        text = target_caption(sample)
+        if text not in seen:
+            seen.add(text)
+            captions.append(text)
             metas.append({k: v for k, v in sample.meta.items() if k in ATTRIBUTES})
     for sample in test:
-        swapped = sample.meta.get("swapped")
-        if swapped and swapped not in seen:
-            seen.add(swapped)
-            captions.append(swapped)
-            metas.append(None)
+        for key in HARD_NEGATIVES:
+            negative = sample.meta.get(key)
+            if negative and negative not in seen:
+                seen.add(negative)
+                captions.append(negative)
+                metas.append(None)
     return captions, metas
 
 
@@ -40,7 +51,7 @@ def open_set_report(img: torch.Tensor, test: Sequence, captions: list[str], meta
     """img (N_test, D) projected test vectors; encode_text(list[str]) -> (T, D) vectors of the same space."""
     cand = encode_text(captions)  # (C, D)
     index = {c: i for i, c in enumerate(captions)}
-    targets = torch.tensor([index[s.caption] for s in test])
+    targets = torch.tensor([index[target_caption(s)] for s in test])
     sim = similarity_matrix(img, cand)  # (N_test, C)
     r = ranks(sim, targets).float()
     report = {"N_test": len(test), "candidates": len(captions),
@@ -53,6 +64,10 @@ def open_set_report(img: torch.Tensor, test: Sequence, captions: list[str], meta
         rows = torch.tensor([i for i, _ in swaps])
         twins = torch.tensor([j for _, j in swaps])
         report["swap_acc"] = float((sim[rows, targets[rows]] > sim[rows, twins]).float().mean())
+    roles = [(i, index[s.meta["swapped_role"]]) for i, s in enumerate(test) if s.meta.get("swapped_role") in index]
+    if roles:
+        rows, twins = torch.tensor([i for i, _ in roles]), torch.tensor([j for _, j in roles])
+        report["role_swap_acc"] = float((sim[rows, targets[rows]] > sim[rows, twins]).float().mean())
     known = torch.tensor([m is not None for m in metas])
     top = sim.masked_fill(~known, float("-inf")).argmax(1)  # best caption that states attributes
     for attr in ATTRIBUTES:

@@ -85,8 +85,10 @@ def _one(rng: random.Random, color: str, shape: str, index: int, image_size: int
     template = rng.choice(ONE_TEMPLATES)
     caption = _articles(template.format(**fields))
     other = rng.choice([c for c in COLORS if c != color])
-    swapped = _articles(template.format(**{**fields, "color": other}))
-    meta = {"color": color, "shape": shape, "size": size, "position": position, "swapped": swapped}
+    canonical = ONE_TEMPLATES[0]  # evaluation compares facts, not which template phrased them
+    meta = {"color": color, "shape": shape, "size": size, "position": position,
+            "canonical": _articles(canonical.format(**fields)),
+            "swapped": _articles(canonical.format(**{**fields, "color": other}))}
     return Sample(draw_scene([obj], image_size, seed=rng.randrange(1 << 30)), caption, meta, f"scene1-{index}")
 
 
@@ -100,10 +102,11 @@ def _two(rng: random.Random, a: tuple[str, str], b: tuple[str, str], index: int,
     template = rng.choice(TWO_TEMPLATES)
     fields = {"color": a[0], "shape": a[1], "relation": relation, "color2": b[0], "shape2": b[1]}
     caption = _articles(template.format(**fields))
-    swapped = _articles(template.format(**{**fields, "color": b[0], "color2": a[0]}))  # colors on the other shapes
-    swapped_role = _articles(template.format(**{**fields, "relation": INVERSE[relation]}))  # a false relation
+    canonical = TWO_TEMPLATES[0]  # evaluation compares facts, not which template phrased them
     meta = {"color": a[0], "shape": a[1], "color2": b[0], "shape2": b[1], "relation": relation,
-            "swapped": swapped, "swapped_role": swapped_role}
+            "canonical": _articles(canonical.format(**fields)),
+            "swapped": _articles(canonical.format(**{**fields, "color": b[0], "color2": a[0]})),  # colors moved
+            "swapped_role": _articles(canonical.format(**{**fields, "relation": INVERSE[relation]}))}
     return Sample(draw_scene(objects, image_size, seed=rng.randrange(1 << 30)), caption, meta, f"scene2-{index}")
 
 

@@ -121,3 +121,13 @@ def test_transformers_llava_projector_loads(tmp_path):
 def test_other_families_refuse_llava_export(tmp_path):
     with pytest.raises(CheckpointError, match="linear and mlpNx_gelu"):
         export_llava(build_projector("lowrank", 8, 8), tmp_path / "x.bin")
+
+
+def test_llava_export_folds_input_standardisation(tmp_path):
+    torch.manual_seed(0)
+    proj = build_projector("mlp2x_gelu", 16, 12).eval()
+    proj.set_input_stats(5.0 + 3.0 * torch.randn(40, 3, 16))
+    again = import_llava_projector(export_llava(proj, tmp_path / "mm_projector.bin"), in_dim=16, out_dim=12)
+    x = torch.randn(2, 3, 16) * 3 + 5
+    assert torch.allclose(proj(x), again(x), atol=1e-4)
+    assert torch.equal(again.input_mean, torch.zeros(16))  # the standardisation now lives in linear_1

@@ -125,6 +125,10 @@ def export_llava(projector: Projector, path: str | Path, style: str = "llava") -
     """style="llava": mm_projector.bin as LLaVA's training saves it (model.mm_projector.{0,2,..}.weight);
     style="hf": safetensors with transformers' Llava names (multi_modal_projector.linear_{1,2}.weight)."""
     layers = _linear_layers(projector)
+    # fold the input standardisation into the first layer: W (x - m) / s + b = (W / s) x + (b - (W / s) m)
+    first_w = layers[0].weight.detach() / projector.input_std  # (out, in)
+    first_b = (layers[0].bias.detach() if layers[0].bias is not None else torch.zeros(first_w.shape[0])) \
+        - first_w @ projector.input_mean
     state = {}
     for i, layer in enumerate(layers):
         if style == "llava":
@@ -133,9 +137,10 @@ def export_llava(projector: Projector, path: str | Path, style: str = "llava") -
             prefix = f"multi_modal_projector.linear_{i + 1}"
         else:
             raise ValueError(f"style must be 'llava' or 'hf', got {style!r}")
-        state[f"{prefix}.weight"] = layer.weight.detach().cpu().contiguous()
-        if layer.bias is not None:
-            state[f"{prefix}.bias"] = layer.bias.detach().cpu().contiguous()
+        weight, bias = (first_w, first_b) if i == 0 else (layer.weight.detach(), layer.bias)
+        state[f"{prefix}.weight"] = weight.cpu().contiguous()
+        if bias is not None:
+            state[f"{prefix}.bias"] = bias.detach().cpu().contiguous()
     if style == "llava":
         return atomic_write(path, lambda tmp: torch.save(state, tmp))
     return atomic_write(path, lambda tmp: save_file(state, tmp))
@@ -189,5 +194,5 @@ def import_llava_projector(path: str | Path, in_dim: int | None = None, out_dim:
         prefix = "linear" if family == "linear" else f"linear_{i + 1}"
         state[f"{prefix}.weight"] = layers[i]["weight"]
         state[f"{prefix}.bias"] = layers[i].get("bias", torch.zeros(layer.out_features))
-    _load_state(projector, state, name)
+    _load_state(projector, {**projector.state_dict(), **state}, name)  # identity input standardisation
     return projector.eval()

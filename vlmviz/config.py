@@ -49,15 +49,16 @@ class ProjectorConfig:
 class TrainConfig:
     loss: str = "infonce"
     pooling: str = "mean"
-    steps: int = 300
-    lr: float = 1e-3
-    batch_size: int = 64
+    steps: int = 1000
+    lr: float = 1e-2
+    batch_size: int = 256
     warmup_steps: int = 20
     weight_decay: float = 0.01
     seed: int = 0
     device: str = "auto"
     eval_every: int = 50
     aux_loss_weight: float = 0.01  # MoE load balancing, as in Switch Transformer
+    standardize: bool = True  # set the projector's frozen input mean/std from the training features
 
     def __post_init__(self):
         from .losses import LOSSES
@@ -105,19 +106,19 @@ PRESETS: dict[str, ExperimentConfig] = {
     "classic-lesson": ExperimentConfig(
         encoder=EncoderConfig("vit-s14", "cls+mean"),
         projector=ProjectorConfig("mlp2x_gelu", {"hidden_dim": 1024}),
-        train=TrainConfig(loss="cosine", steps=200, lr=3e-4, batch_size=32, warmup_steps=0),
+        train=TrainConfig(loss="cosine", steps=200, lr=3e-4, batch_size=32, warmup_steps=0, standardize=False),
     ),
     # The strongest pooled recipe measured here: ViT-S/14 concat(CLS, mean patches), linear, InfoNCE.
     "pooled-linear": ExperimentConfig(
         encoder=EncoderConfig("vit-s14", "cls+mean"),
         projector=ProjectorConfig("linear"),
-        train=TrainConfig(loss="infonce", steps=300, lr=1e-3),
+        train=TrainConfig(loss="infonce", steps=1000, lr=1e-2, batch_size=256),
     ),
     # LLaVA-1.5's connector on every patch token.
     "llava-1.5": ExperimentConfig(
         encoder=EncoderConfig("vit-s14", "patch"),
         projector=ProjectorConfig("mlp2x_gelu"),
-        train=TrainConfig(loss="infonce", pooling="mean", steps=300, lr=1e-3),
+        train=TrainConfig(loss="infonce", pooling="mean", steps=300, lr=1e-3, batch_size=64),
     ),
 }
 

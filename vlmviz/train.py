@@ -105,6 +105,8 @@ def train_projector(
     if cfg.loss in ("infonce", "sigmoid") and len(tokens) < 2:
         raise ValueError(f"{cfg.loss} needs at least 2 pairs (it contrasts each pair with the others)")
     torch.manual_seed(cfg.seed)
+    if cfg.standardize and any(True for _ in projector.parameters()):
+        projector.set_input_stats(tokens)
     device = accelerator.device if accelerator is not None else resolve_device(cfg.device)
     head = head if head is not None else LossHead(cfg.loss)
     projector.to(device).train()

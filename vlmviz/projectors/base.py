@@ -28,6 +28,11 @@ class Projector(nn.Module):
             raise ValueError(f"{self.family}: in_dim and out_dim must be positive, got {in_dim} and {out_dim}")
         self.in_dim, self.out_dim = int(in_dim), int(out_dim)
         self.options = dict(options)  # everything needed to rebuild it: build_projector(family, in, out, **options)
+        # Frozen input standardisation (the trainer sets it from training features). Frozen encoders have a few
+        # huge-magnitude dimensions (DINOv2's register-like outliers); without it AdamW spends its steps on them.
+        # Exported to LLaVA by folding it into the first linear layer.
+        self.register_buffer("input_mean", torch.zeros(self.in_dim))
+        self.register_buffer("input_std", torch.ones(self.in_dim))
 
     @property
     def num_params(self) -> int:
@@ -43,11 +48,19 @@ class Projector(nn.Module):
     def config(self) -> dict:
         return {"family": self.family, "in_dim": self.in_dim, "out_dim": self.out_dim, "options": self.options}
 
-    def check_input(self, x: torch.Tensor) -> None:
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Check the (B, N, D_vis) contract and standardise the input."""
         if x.ndim != 3 or x.shape[-1] != self.in_dim:
             raise ValueError(
                 f"{self.family} projector expects tokens of shape (B, N, {self.in_dim}), got {tuple(x.shape)}"
             )
+        return (x - self.input_mean) / self.input_std
+
+    def set_input_stats(self, tokens: torch.Tensor) -> None:
+        """Per-dimension mean and std over all training tokens (N, T, D_vis)."""
+        flat = tokens.reshape(-1, self.in_dim).double()
+        self.input_mean.copy_(flat.mean(0).float())
+        self.input_std.copy_(flat.std(0).clamp_min(1e-6).float())
 
     def extra_repr(self) -> str:
         return f"{self.in_dim} -> {self.out_dim}, params={self.num_params:,}"

@@ -39,7 +39,7 @@ class CAbstractorProjector(Projector):
         return self.output_side**2
 
     def forward(self, x):
-        self.check_input(x)
+        x = self.prepare(x)
         grid, _, _ = tokens_to_grid(x, self.family)  # (B, D_vis, h, w)
         y = self.blocks_before(self.in_proj(grid))  # (B, H, h, w)
         y = self.blocks_after(self.pool(y))  # (B, H, s, s)

@@ -13,7 +13,7 @@ class LinearProjector(Projector):
         self.linear = nn.Linear(in_dim, out_dim, bias=bias)
 
     def forward(self, x):
-        self.check_input(x)
+        x = self.prepare(x)
         return self.linear(x)  # (B, N, D_vis) -> (B, N, D_txt)
 
 
@@ -27,5 +27,5 @@ class IdentityProjector(Projector):
         super().__init__(in_dim, out_dim)
 
     def forward(self, x):
-        self.check_input(x)
+        self.prepare(x)  # checks the shape; identity ignores standardisation by definition
         return x

@@ -19,5 +19,5 @@ class LowRankProjector(Projector):
         self.up = nn.Linear(rank, out_dim)
 
     def forward(self, x):
-        self.check_input(x)
+        x = self.prepare(x)
         return self.up(self.down(x))  # (B, N, D_vis) -> (B, N, r) -> (B, N, D_txt)

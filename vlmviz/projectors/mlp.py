@@ -26,7 +26,7 @@ class MLPProjector(Projector):
         self.act = nn.GELU()
 
     def forward(self, x):
-        self.check_input(x)
+        x = self.prepare(x)
         for i in range(1, self.depth + 1):
             if i > 1:
                 x = self.act(x)

@@ -30,7 +30,7 @@ class MoEProjector(Projector):
         self._aux = torch.zeros(())
 
     def forward(self, x):
-        self.check_input(x)
+        x = self.prepare(x)
         B, N, _ = x.shape
         E = len(self.experts)
         probs = self.router(x).softmax(dim=-1)  # (B, N, E)

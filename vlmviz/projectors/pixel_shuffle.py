@@ -26,7 +26,7 @@ class PixelShuffleProjector(Projector):
         return math.ceil(grid_side(num_input_tokens) / self.scale) ** 2
 
     def forward(self, x):
-        self.check_input(x)
+        x = self.prepare(x)
         grid, h, w = tokens_to_grid(x, self.family)  # (B, D_vis, h, w)
         s = self.scale
         grid = F.pad(grid, (0, -w % s, 0, -h % s))  # (B, D_vis, h', w'), multiples of s

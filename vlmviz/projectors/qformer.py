@@ -48,7 +48,7 @@ class QFormerProjector(Projector):
         return self.queries.shape[0]
 
     def forward(self, x):
-        self.check_input(x)
+        x = self.prepare(x)
         B, N, _ = x.shape
         if N > self.pos_embed.shape[0]:
             raise ValueError(f"qformer was built for at most {self.pos_embed.shape[0]} tokens, got {N}")

@@ -33,7 +33,7 @@ class ResamplerProjector(Projector):
         return self.queries.shape[0]
 
     def forward(self, x):
-        self.check_input(x)
+        x = self.prepare(x)
         B, N, _ = x.shape
         if N > self.pos_embed.shape[0]:
             raise ValueError(f"resampler was built for at most {self.pos_embed.shape[0]} tokens, got {N}")

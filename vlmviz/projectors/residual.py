@@ -33,7 +33,7 @@ class ResidualMLPProjector(Projector):
         self.blocks = nn.ModuleList(ResidualBlock(out_dim, hidden_dim) for _ in range(num_blocks))
 
     def forward(self, x):
-        self.check_input(x)
+        x = self.prepare(x)
         x = self.in_proj(x)  # (B, N, D_txt)
         for block in self.blocks:
             x = block(x)

@@ -206,7 +206,7 @@ def _ck_rows(checkpoints):
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="vlmviz: see and train VLM connectors") as demo:
         checkpoints = gr.State({})
-        gr.Markdown(f"# 🔭 vlmviz\n{INTRO}")
+        gr.Markdown(f"# vlmviz\n{INTRO}")
         with gr.Row():
             encoder = gr.Dropdown(list_vision_encoders(), value="vit-s14", label="Vision encoder (frozen)")
             text = gr.Dropdown(list_text_spaces(), value="smollm2-135m", label="Text space (frozen)")
@@ -216,7 +216,8 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Inspect", id="inspect"):
             with gr.Row():
                 with gr.Column(scale=5):
-                    image = gr.Image(type="filepath", label="Image: upload one or pick from the gallery",
+                    image = gr.Image(str(GALLERY[0].path), type="filepath",
+                                     label="Image: upload one or pick from the gallery",
                                      height=280, elem_id="image")
                     gallery = gr.Gallery([(str(g.path), g.name) for g in GALLERY], columns=8, height=150,
                                          label="Gallery (real images, captions written by us)",
@@ -263,11 +264,11 @@ def build_demo() -> gr.Blocks:
                 pooling = gr.Dropdown(["mean", "cls", "none"], value="mean", label="Pooling")
                 train_tokens = gr.Dropdown(list(TOKEN_MODES), value="cls+mean", label="Encoder tokens")
             with gr.Row():
-                steps = gr.Slider(10, 2000, value=200, step=10, label="Steps")
-                lr = gr.Number(1e-3, label="Learning rate")
-                batch = gr.Slider(8, 256, value=64, step=8, label="Batch")
+                steps = gr.Slider(10, 2000, value=300, step=10, label="Steps", elem_id="steps")
+                lr = gr.Number(1e-2, label="Learning rate")
+                batch = gr.Slider(8, 256, value=256, step=8, label="Batch")
                 train_data = gr.Dropdown(list_datasets(), value="scenes-1obj", label="Dataset")
-                n_train = gr.Slider(40, 1200, value=300, step=20, label="Training pairs")
+                n_train = gr.Slider(40, 1200, value=600, step=20, label="Training pairs", elem_id="n-train")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start-train")
                 stop = gr.Button("Cancel", variant="stop", elem_id="cancel-train")

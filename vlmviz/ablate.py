@@ -56,7 +56,7 @@ def token_mode(family: str, has_cls: bool) -> str:
 
 
 def run_ablation(encoder_name: str = "vit-s14", text_name: str = "smollm2-135m", families=None,
-                 steps: int = 300, batch_size: int = 64, lr: float = 1e-3, loss: str = "infonce",
+                 steps: int = 1000, batch_size: int = 256, lr: float = 1e-2, loss: str = "infonce",
                  n_train: int = 600, n_test: int = 200, objects: int = 1, seed: int = 0,
                  log=print) -> pd.DataFrame:
     encoder, text, data = prepare(encoder_name, text_name, n_train, n_test, objects, seed)

@@ -75,7 +75,7 @@ class LossHead(nn.Module):
 
     @property
     def temperature(self) -> float | None:
-        return None if self.kind == "cosine" else float(1.0 / self.logit_scale.exp())
+        return None if self.kind == "cosine" else float(1.0 / self.logit_scale.detach().exp())
 
 
 LOSSES = ("cosine", "infonce", "sigmoid")

@@ -1,0 +1,111 @@
+"""Data: the captioned gallery, synthetic scenes with held-out combinations, digits, user folders with bad rows."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmviz.data import (list_datasets, load_coco_captions, load_dataset, load_digits_dataset, load_gallery,
+                         load_imagefolder, make_scenes, scene_split)
+from vlmviz.data.scenes import COLORS, SHAPES, held_out_combos
+from vlmviz.paths import ASSETS
+
+
+def test_gallery_has_real_captioned_licensed_images():
+    items = load_gallery()
+    assert len(items) >= 12
+    licenses = (ASSETS / "LICENSES.md").read_text()
+    for item in items:
+        assert item.path.is_file() and Image.open(item.path).size[0] > 100
+        assert len(item.distractors) >= 3 and item.caption not in item.distractors
+        assert item.license and item.path.name in licenses
+
+
+def test_scenes_are_deterministic_and_captions_match_meta():
+    a, b = make_scenes(6, seed=3), make_scenes(6, seed=3)
+    assert [s.caption for s in a] == [s.caption for s in b]
+    assert all(np.array_equal(np.asarray(x.image), np.asarray(y.image)) for x, y in zip(a, b))
+    assert [s.caption for s in make_scenes(6, seed=4)] != [s.caption for s in a]
+    for s in make_scenes(20, seed=1) + make_scenes(20, seed=1, objects=2):
+        assert s.meta["color"] in s.caption and s.meta["shape"] in s.caption
+        assert s.meta["swapped"] != s.meta["canonical"]
+        assert s.image.size == (224, 224)
+
+
+@pytest.mark.parametrize("objects", [1, 2])
+def test_split_holds_out_whole_combinations(objects):
+    train, test = scene_split(300, 60, seed=0, objects=objects)
+    held = held_out_combos(0)
+    keys = ("color", "shape"), ("color2", "shape2")
+
+    def combos(s):
+        return {(s.meta[c], s.meta[h]) for c, h in keys if c in s.meta}
+
+    seen = set().union(*(combos(s) for s in train))
+    assert not seen & held  # no held-out pairing is ever seen in training
+    assert all(combos(s) <= held for s in test)  # test uses only held-out pairings
+    assert {c for c, _ in seen} == set(COLORS) and {s for _, s in seen} == set(SHAPES)  # every value is seen
+    if objects == 2:
+        assert all(s.meta["swapped_role"] != s.meta["canonical"] for s in test)
+
+
+def test_digits_captions_match_labels():
+    names = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    for s in load_digits_dataset(30):
+        assert names[s.meta["label"]] in s.caption and s.image.size == (224, 224)
+
+
+def _folder(tmp_path):
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(tmp_path / "red.png")
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "blue.png")
+    (tmp_path / "fake.jpg").write_text("not an image")
+    return tmp_path
+
+
+def test_imagefolder_jsonl_reports_bad_rows_by_line(tmp_path):
+    folder = _folder(tmp_path)
+    lines = ['{"file_name": "red.png", "text": "a red square"}', '{"file_name": "missing.png", "text": "x"}',
+             '{"file_name": "fake.jpg", "text": "a fake"}', '{"file_name": "blue.png", "text": "  "}',
+             "{broken json", '{"file_name": "blue.png", "caption": "a blue square"}']
+    (folder / "metadata.jsonl").write_text("\n".join(lines))
+    result = load_imagefolder(folder)
+    assert [s.caption for s in result.samples] == ["a red square", "a blue square"]
+    assert {p.line: p.message for p in result.problems}.keys() == {2, 3, 4, 5}
+    assert "not found" in str(result.problems[0]) and "line 2 (missing.png)" in str(result.problems[0])
+    assert "empty caption" in str(result.problems[2]) and "not valid JSON" in str(result.problems[3])
+
+
+def test_imagefolder_csv_and_missing_metadata(tmp_path):
+    folder = _folder(tmp_path)
+    (folder / "metadata.csv").write_text("file_name,text\nred.png,a red square\nfake.jpg,a fake\n")
+    result = load_imagefolder(folder)
+    assert len(result.samples) == 1 and result.problems[0].line == 3
+    with pytest.raises(ValueError, match="metadata.jsonl or metadata.csv"):
+        load_imagefolder(_empty(tmp_path))
+
+
+def _empty(tmp_path):
+    path = tmp_path / "empty"
+    path.mkdir()
+    return path
+
+
+def test_coco_captions(tmp_path):
+    folder = _folder(tmp_path)
+    coco = {"images": [{"id": 1, "file_name": "red.png"}, {"id": 2, "file_name": "fake.jpg"}],
+            "annotations": [{"image_id": 1, "caption": "a red square"}, {"image_id": 1, "caption": "red"},
+                            {"image_id": 2, "caption": "fake"}, {"image_id": 9, "caption": "ghost"},
+                            {"image_id": 1, "caption": ""}]}
+    (folder / "captions.json").write_text(json.dumps(coco))
+    result = load_coco_captions(folder / "captions.json")
+    assert [s.caption for s in result.samples] == ["a red square", "red"]
+    assert [p.line for p in result.problems] == [2, 3, 4]
+    assert load_dataset(str(folder / "captions.json")).samples[0].caption == "a red square"
+
+
+def test_named_datasets_load():
+    assert list_datasets() == ["gallery", "scenes-1obj", "scenes-2obj", "digits"]
+    for name in list_datasets():
+        assert len(load_dataset(name, n=5).samples) == 5
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("imagenet")

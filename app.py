@@ -336,7 +336,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     explore.warm_up_in_background()
     demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                   css=CSS, theme=THEME)
+                                                   css=CSS, theme=THEME, show_error=True)
 
 
 if __name__ == "__main__":

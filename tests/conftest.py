@@ -37,6 +37,6 @@ def app_url():
     port = _free_port()
     vlmviz_app.demo.queue(default_concurrency_limit=2).launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-        css=vlmviz_app.CSS, theme=vlmviz_app.THEME)
+        css=vlmviz_app.CSS, theme=vlmviz_app.THEME, show_error=True)
     yield f"http://127.0.0.1:{port}/"
     vlmviz_app.demo.close()

@@ -1,0 +1,43 @@
+"""The app's API through gradio_client, as a script or another service would use it; bad input never kills it."""
+import pytest
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
+
+
+def test_inspect_ranks_the_true_caption_of_a_gallery_image(client):
+    from gradio_client import handle_file
+
+    from vlmviz.data import load_gallery
+
+    item = load_gallery()[3]
+    captions = "\n".join([item.caption, *item.distractors])
+    label, table, shapes, _ = client.predict(handle_file(str(item.path)), captions, "vit-s14", "smollm2-135m",
+                                             "untrained linear", "all", 0.07, api_name="/inspect")
+    assert {c["label"] for c in label["confidences"]} == {item.caption, *item.distractors}
+    assert shapes["encoder_tokens"] == [257, 384] and shapes["projected_tokens"] == [257, 576]
+    assert abs(sum(c["confidence"] for c in label["confidences"]) - 1) < 1e-3
+
+
+def test_bad_requests_get_messages_and_the_next_one_works(client, tmp_path):
+    from gradio_client import handle_file
+
+    from vlmviz.data import load_gallery
+
+    good = handle_file(str(load_gallery()[0].path))
+    fake = tmp_path / "fake.png"
+    fake.write_text("I am text")
+    cases = [(handle_file(str(fake)), "a cat", "cannot identify image|not a readable image"),
+             (good, "\n \n", "no captions given"),
+             (good, "\n".join(f"caption {i}" for i in range(12000)), "too many")]
+    for image, captions, expected in cases:
+        with pytest.raises(Exception, match=expected):
+            client.predict(image, captions, "vit-s14", "smollm2-135m", "untrained linear", "all", 0.07,
+                           api_name="/inspect")
+    label, *_ = client.predict(good, "an astronaut\na cat", "vit-s14", "smollm2-135m", "untrained linear", "all",
+                               0.07, api_name="/inspect")
+    assert len(label["confidences"]) == 2

@@ -112,7 +112,7 @@ def make_map(dataset, n, method, per_token, encoder, text, projector, tokens, ch
     samples, skipped = _dataset(dataset, int(n))
     pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
     progress(0.3, desc="encoding images")
-    result = explore.build_map(pipe, samples, method.lower(), per_token)
+    result = explore.build_map(pipe, samples, method.lower().replace("-", ""), per_token)  # "t-SNE" -> tsne
     progress(0.9, desc="drawing")
     fig = plots.map_figure(result.frame, f"{pipe.label}: {method} of projected images and captions",
                            thumbnails=result.thumbnails)

@@ -1,0 +1,36 @@
+"""The facade the app and notebooks share, on the real bundled models."""
+import numpy as np
+import pytest
+
+from vlmviz.data import load_gallery
+from vlmviz.explore import Pipeline, build_map, get_pipeline
+
+
+@pytest.fixture(scope="module")
+def cat():
+    return load_gallery()[3]  # chelsea
+
+
+def test_patch_heatmap_and_nearest_words_follow_the_token_grid(cat):
+    pipe = get_pipeline("vit-s14", "smollm2-135m", "linear", "all")
+    grid, note = pipe.patch_similarity(cat.path, cat.caption)
+    assert grid.shape == (16, 16) and np.isfinite(grid).all() and "16x16" in note
+    rows, note = pipe.nearest_words(cat.path, k=2)
+    assert len(rows) == 16 and all(len(r) == 16 for r in rows) and "CLS" in note
+    shuffled = Pipeline.build("vit-s14", "smollm2-135m", "pixel_shuffle", "patch")
+    grid, _ = shuffled.patch_similarity(cat.path, cat.caption)
+    assert grid.shape == (8, 8)
+    pooled = Pipeline.build("vit-s14", "smollm2-135m", "linear", "cls+mean")
+    grid, note = pooled.patch_similarity(cat.path, cat.caption)
+    assert grid is None and "no spatial grid" in note
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_map_and_metrics_state_n_and_k(method):
+    pipe = get_pipeline("vit-s14", "minilm-l6", "linear", "all")
+    samples = [g.sample() for g in load_gallery()]
+    result = build_map(pipe, samples, method)
+    assert len(result.frame) == 2 * len(samples)
+    assert set(result.frame.kind) == {"image", "caption"}
+    assert result.metrics["N"] == len(samples) and result.metrics["k"] == 10
+    assert method.upper() in result.note

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import time
 import traceback
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -143,12 +144,15 @@ def train(family, loss, pooling, tokens, steps, lr, batch, dataset, n_train, enc
         raise gr.Error(str(err), duration=None) from None
     status = f"encoding {dataset} with {encoder} (cached after the first run) ..."
     yield None, [], status, None, gr.update(), checkpoints
+    shown = time.monotonic()
     for event in job.events():
         if event["type"] == "encode":
             progress(event["done"] / max(1, event["total"]) * 0.2, desc="encoding images")
         elif event["type"] == "step":
             progress(0.2 + 0.8 * event["step"] / event["steps"], desc=f"step {event['step']}/{event['steps']}")
-            if event["step"] % max(1, int(steps) // 50) == 0 or event.get("metrics"):
+            now = time.monotonic()
+            if event["step"] % max(1, int(steps) // 50) == 0 or event.get("metrics") or now - shown > 1.0:
+                shown = now  # redraw at least once a second, and on every 2% of the run
                 status = f"step {event['step']}/{event['steps']} · loss {event['loss']:.4f} · lr {event['lr']:.1e}"
                 yield (plots.training_figure(job.history, job.evals), [], status, None, gr.update(), checkpoints)
     if job.error:
@@ -259,10 +263,11 @@ def build_demo() -> gr.Blocks:
 
         with gr.Tab("Train", id="train"):
             with gr.Row():
-                family = gr.Dropdown(FAMILIES, value="linear", label="Connector family")
+                family = gr.Dropdown(FAMILIES, value="linear", label="Connector family", elem_id="family")
                 loss = gr.Dropdown(list(LOSSES), value="infonce", label="Loss")
                 pooling = gr.Dropdown(["mean", "cls", "none"], value="mean", label="Pooling")
-                train_tokens = gr.Dropdown(list(TOKEN_MODES), value="cls+mean", label="Encoder tokens")
+                train_tokens = gr.Dropdown(list(TOKEN_MODES), value="cls+mean", label="Encoder tokens",
+                                           elem_id="train-tokens")
             with gr.Row():
                 steps = gr.Slider(10, 2000, value=300, step=10, label="Steps", elem_id="steps")
                 lr = gr.Number(1e-2, label="Learning rate")

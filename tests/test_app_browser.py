@@ -81,9 +81,19 @@ def test_map_tab_draws_a_map_with_metrics(page, artifacts):
     pg.screenshot(path=str(artifacts / "tab-map.png"), full_page=True)
 
 
+def set_dropdown(pg, elem_id, value):
+    box = pg.locator(f"#{elem_id} input")
+    box.click()
+    box.fill(value)
+    pg.locator("ul[role=listbox] li", has_text=value).first.click()
+
+
 def test_train_shows_a_live_curve_cancels_and_downloads(page, artifacts):
     pg = page
     pg.get_by_role("tab", name="Train").click()
+    # a token-level connector on 256 patch tokens: slow enough per step that Cancel lands mid-run on any machine
+    set_dropdown(pg, "family", "resampler")
+    set_dropdown(pg, "train-tokens", "patch")
     set_slider(pg, "steps", 2000)
     set_slider(pg, "n-train", 60)
     pg.click("#start-train")

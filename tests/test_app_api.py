@@ -41,3 +41,24 @@ def test_bad_requests_get_messages_and_the_next_one_works(client, tmp_path):
     label, *_ = client.predict(good, "an astronaut\na cat", "vit-s14", "smollm2-135m", "untrained linear", "all",
                                0.07, api_name="/inspect")
     assert len(label["confidences"]) == 2
+
+
+def test_two_users_keep_separate_checkpoints(app_url, tmp_path):
+    """User A uploads a checkpoint and inspects with it; user B, in its own session, cannot see or use it."""
+    from gradio_client import Client, handle_file
+
+    from vlmviz.checkpoints import save_checkpoint
+    from vlmviz.data import load_gallery
+    from vlmviz.projectors import build_projector
+
+    ck = save_checkpoint(tmp_path / "mine.safetensors", build_projector("linear", 768, 576), encoder="vit-s14",
+                         tokens="cls+mean", text="smollm2-135m", pooling="mean")
+    a, b = Client(app_url, verbose=False), Client(app_url, verbose=False)
+    message, *_ = a.predict(handle_file(str(ck)), "vit-s14", "smollm2-135m", "patch", api_name="/upload")
+    assert "fits vit-s14" in message and "uploaded mine" in message
+    image = handle_file(str(load_gallery()[0].path))
+    args = (image, "an astronaut\na cat", "vit-s14", "smollm2-135m", "uploaded mine", "all", 0.07)
+    label, _, shapes, _ = a.predict(*args, api_name="/inspect")
+    assert shapes["projector"] == "mine" and shapes["token_selection"] == "cls+mean"
+    with pytest.raises(Exception, match="uploaded mine is not in the list of choices"):  # B's own choices
+        b.predict(*args, api_name="/inspect")

@@ -62,3 +62,19 @@ def test_two_users_keep_separate_checkpoints(app_url, tmp_path):
     assert shapes["projector"] == "mine" and shapes["token_selection"] == "cls+mean"
     with pytest.raises(Exception, match="uploaded mine is not in the list of choices"):  # B's own choices
         b.predict(*args, api_name="/inspect")
+
+
+def test_a_slow_umap_does_not_block_inspecting(app_url):
+    from gradio_client import Client, handle_file
+
+    from vlmviz.data import load_gallery
+
+    mapper, inspector = Client(app_url, verbose=False), Client(app_url, verbose=False)
+    job = mapper.submit("gallery", 14, "UMAP", False, "vit-s14", "smollm2-135m", "untrained linear", "all",
+                        api_name="/make_map")
+    label, *_ = inspector.predict(handle_file(str(load_gallery()[1].path)), "a brick wall\na cat", "vit-s14",
+                                  "smollm2-135m", "untrained linear", "all", 0.07, api_name="/inspect")
+    assert len(label["confidences"]) == 2
+    assert not job.done()  # inspect answered while the UMAP map (numba JIT, first fit) was still running
+    fig, metrics, note = job.result(timeout=600)
+    assert "UMAP" in note and any(row[0] == "modality_gap" for row in metrics["data"])

@@ -55,6 +55,12 @@ def friendly(fn):
     return wrapper
 
 
+def image_path(image):
+    """Image events run with preprocess=False, so a broken upload reaches vlmviz.images.load_image, whose message
+    says what was expected, instead of failing inside Gradio's own image decoding."""
+    return image.get("path") if isinstance(image, dict) else image
+
+
 def choices(checkpoints: dict) -> list[str]:
     return list(checkpoints) + UNTRAINED
 
@@ -67,6 +73,7 @@ def pick_gallery(evt: gr.SelectData):
 
 @friendly
 def inspect(image, captions, encoder, text, projector, tokens, temperature, checkpoints):
+    image = image_path(image)
     if image is None:
         raise ValueError("no image: upload one or pick one from the gallery")
     pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
@@ -79,6 +86,7 @@ def inspect(image, captions, encoder, text, projector, tokens, temperature, chec
 
 @friendly
 def heatmap(image, caption, encoder, text, projector, tokens, checkpoints):
+    image = image_path(image)
     if image is None or not caption:
         return None, ""
     pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
@@ -90,6 +98,7 @@ def heatmap(image, caption, encoder, text, projector, tokens, checkpoints):
 
 @friendly
 def nearest_words(image, encoder, text, projector, tokens, checkpoints):
+    image = image_path(image)
     if image is None:
         return None, ""
     pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
@@ -176,6 +185,7 @@ def cancel(request: gr.Request):
 # ---- Compare ------------------------------------------------------------------------------------------------
 @friendly
 def compare(image, captions, a, b, encoder, text, tokens, dataset, checkpoints):
+    image = image_path(image)
     if image is None:
         raise ValueError("no image: upload one or pick one in the Inspect tab")
     labels, metrics = [], []
@@ -311,10 +321,11 @@ def build_demo() -> gr.Blocks:
         model = [encoder, text, projector, tokens]
         gallery.select(pick_gallery, None, [image, captions])
         run.click(inspect, [image, captions, *model, temperature, checkpoints],
-                  [ranking, scores, shapes, heat_caption], concurrency_limit=4, concurrency_id="inspect").then(
-            nearest_words, [image, *model, checkpoints], [words, words_note], concurrency_limit=4)
+                  [ranking, scores, shapes, heat_caption], concurrency_limit=4, concurrency_id="inspect",
+                  preprocess=False).then(
+            nearest_words, [image, *model, checkpoints], [words, words_note], concurrency_limit=4, preprocess=False)
         heat_caption.change(heatmap, [image, heat_caption, *model, checkpoints], [heat, heat_note],
-                            concurrency_limit=4)
+                            concurrency_limit=4, preprocess=False)
         map_btn.click(make_map, [dataset, n_points, method, per_token, *model, checkpoints],
                       [map_plot, map_metrics, map_note], concurrency_limit=2)
         start.click(train, [family, loss, pooling, train_tokens, steps, lr, batch, train_data, n_train, encoder,
@@ -324,7 +335,7 @@ def build_demo() -> gr.Blocks:
         checkpoints.change(lambda c: [gr.update(choices=choices(c))] * 2 + [_ck_rows(c)], checkpoints,
                            [proj_a, proj_b, ck_list])
         cmp_btn.click(compare, [image, captions, proj_a, proj_b, encoder, text, tokens, cmp_data, checkpoints],
-                      [label_a, label_b, cmp_table], concurrency_limit=2)
+                      [label_a, label_b, cmp_table], concurrency_limit=2, preprocess=False)
         ck_btn.click(upload, [ck_file, encoder, text, ck_tokens, checkpoints],
                      [ck_msg, checkpoints, projector, proj_a, proj_b, ck_list])
     return demo

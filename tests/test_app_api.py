@@ -31,7 +31,15 @@ def test_bad_requests_get_messages_and_the_next_one_works(client, tmp_path):
     good = handle_file(str(load_gallery()[0].path))
     fake = tmp_path / "fake.png"
     fake.write_text("I am text")
-    cases = [(handle_file(str(fake)), "a cat", "cannot identify image|not a readable image"),
+    from PIL import Image
+
+    Image.new("1", (20000, 20000)).save(tmp_path / "huge.png")  # small file, 400 M pixels decoded
+    jpeg = tmp_path / "ok.jpg"
+    Image.new("RGB", (300, 300), (10, 20, 30)).save(jpeg)
+    (tmp_path / "cut.jpg").write_bytes(jpeg.read_bytes()[:400])
+    cases = [(handle_file(str(fake)), "a cat", "not a readable image"),
+             (handle_file(str(tmp_path / "huge.png")), "a cat", "too large"),
+             (handle_file(str(tmp_path / "cut.jpg")), "a cat", "damaged or truncated"),
              (good, "\n \n", "no captions given"),
              (good, "\n".join(f"caption {i}" for i in range(12000)), "too many")]
     for image, captions, expected in cases:
@@ -60,7 +68,7 @@ def test_two_users_keep_separate_checkpoints(app_url, tmp_path):
     args = (image, "an astronaut\na cat", "vit-s14", "smollm2-135m", "uploaded mine", "all", 0.07)
     label, _, shapes, _ = a.predict(*args, api_name="/inspect")
     assert shapes["projector"] == "mine" and shapes["token_selection"] == "cls+mean"
-    with pytest.raises(Exception, match="uploaded mine is not in the list of choices"):  # B's own choices
+    with pytest.raises(Exception, match="unknown projector .uploaded mine."):  # not among B's checkpoints
         b.predict(*args, api_name="/inspect")
 
 

@@ -47,10 +47,10 @@ def friendly(fn):
         except gr.Error:
             raise
         except (ValueError, FileNotFoundError) as err:
-            raise gr.Error(str(err), duration=None) from None
+            raise gr.Error(str(err), duration=12) from None
         except Exception as err:  # noqa: BLE001 - never let one request take the server down
             traceback.print_exc()
-            raise gr.Error(f"unexpected {type(err).__name__}: {err}", duration=None) from None
+            raise gr.Error(f"unexpected {type(err).__name__}: {err}", duration=12) from None
 
     return wrapper
 
@@ -150,7 +150,7 @@ def train(family, loss, pooling, tokens, steps, lr, batch, dataset, n_train, enc
         out = session.unique_path(session.session_dir(sid), f"{family}-{loss}-{dataset}")
         job = session.start_job(sid, session.TrainJob(cfg, dataset, int(n_train), max(20, int(n_train) // 4), out))
     except ValueError as err:
-        raise gr.Error(str(err), duration=None) from None
+        raise gr.Error(str(err), duration=12) from None
     status = f"encoding {dataset} with {encoder} (cached after the first run) ..."
     yield None, [], status, None, gr.update(), checkpoints
     shown = time.monotonic()

@@ -27,6 +27,14 @@ def ranking_text(pg):
     return pg.locator("#ranking").inner_text()
 
 
+def close_toasts(pg):
+    """Dismiss error messages so they do not cover the buttons the next steps click."""
+    for button in pg.locator("[data-testid=toast-close]").all():
+        if button.is_visible():
+            button.click()
+    pg.wait_for_function("!document.querySelector('[data-testid=toast-text]')", timeout=LONG)
+
+
 def set_slider(pg, elem_id, value):
     box = pg.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
@@ -65,10 +73,12 @@ def test_bad_image_gives_a_message_and_the_app_keeps_serving(page, tmp_path):
     pg.wait_for_timeout(1500)
     pg.click("#rank")
     pg.wait_for_function("document.body.innerText.match(/not a readable image|Invalid file|Error/i)", timeout=LONG)
+    close_toasts(pg)
     pg.locator("#gallery .thumbnail-item").nth(0).click()  # the next request works
     pg.wait_for_function("document.querySelector('#captions textarea').value.includes('astronaut')", timeout=LONG)
     pg.click("#rank")
     pg.wait_for_function("document.querySelector('#ranking').innerText.includes('astronaut')", timeout=LONG)
+    close_toasts(pg)
 
 
 def test_map_tab_draws_a_map_with_metrics(page, artifacts):

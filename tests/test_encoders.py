@@ -1,4 +1,7 @@
 """Frozen vision encoders: the bundled real ones and any HF vision model (tiny random configs here)."""
+import json
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -37,17 +40,35 @@ def test_efficientnet_real_weights_classify_real_images(cat):
 
 
 @pytest.mark.parametrize("name", ["vit-s14", "efficientnet-lite0"])
-def test_frozen_batched_equals_single_and_odd_modes_work(name, cat):
+def test_frozen_batched_equals_single_and_odd_modes_work(name, cat, tmp_path):
     enc = load_vision_encoder(name)
     assert not any(p.requires_grad for p in enc.parameters())
     rgb = np.asarray(cat)
-    images = [cat, cat.convert("L"), cat.convert("RGBA"), cat.convert("P"),
-              Image.fromarray((rgb[..., 0].astype(np.uint16) * 257), mode="I;16")]
-    batched = enc.encode(images, batch_size=5)
+    sixteen = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)
+    assert sixteen.mode == "I;16"
+    phone = tmp_path / "phone.jpg"  # stored sideways, EXIF orientation 6 says "rotate 90 CW to display"
+    exif = cat.getexif()
+    exif[0x0112] = 6
+    cat.save(phone, exif=exif)
+    sideways = np.asarray(Image.open(phone).convert("RGB"))  # the stored pixels; arrays carry no EXIF
+    upright = Image.fromarray(np.rot90(sideways, k=-1))  # rotated 90 CW by hand
+    images = [cat, cat.convert("L"), cat.convert("RGBA"), cat.convert("P"), sixteen, phone, upright]
+    batched = enc.encode(images, batch_size=4)
     single = torch.cat([enc.encode([im]) for im in images])
-    assert batched.shape == (5, enc.num_tokens, enc.hidden_size)
+    assert batched.shape == (7, enc.num_tokens, enc.hidden_size)
     assert torch.allclose(batched, single, atol=1e-4)
     assert torch.isfinite(batched).all()
+    assert torch.allclose(batched[5], batched[6], atol=1e-5)  # the EXIF rotation was applied before encoding
+    assert not torch.allclose(batched[5], enc.encode([sideways])[0], atol=1e-2)
+
+
+def test_encode_reports_progress_and_refuses_nothing(cat):
+    enc = load_vision_encoder("efficientnet-lite0")
+    seen = []
+    enc.encode([cat] * 5, batch_size=2, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    with pytest.raises(ValueError, match="no images"):
+        enc.encode([])
 
 
 def test_token_selection():
@@ -65,30 +86,100 @@ def test_token_selection():
         select_tokens(x, True, "pool")
 
 
-def _tiny(kind, tmp_path):
+COMMON = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+              intermediate_size=64)
+
+
+def _tiny(kind, folder):
     import transformers as tf
 
-    common = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=64)
+    torch.manual_seed(0)
     model = {
-        "clip": lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**common)),
-        "siglip": lambda: tf.SiglipVisionModel(tf.SiglipVisionConfig(**common)),
-        "dinov2": lambda: tf.Dinov2Model(tf.Dinov2Config(**common)),
-        "vit": lambda: tf.ViTModel(tf.ViTConfig(**common), add_pooling_layer=False),
+        "clip": lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**COMMON)),
+        "siglip": lambda: tf.SiglipVisionModel(tf.SiglipVisionConfig(**COMMON)),
+        "dinov2": lambda: tf.Dinov2Model(tf.Dinov2Config(**COMMON)),
+        "vit": lambda: tf.ViTModel(tf.ViTConfig(**COMMON), add_pooling_layer=False),
     }[kind]()
-    model.save_pretrained(tmp_path)
-    return tmp_path
+    model.save_pretrained(folder)
+    return folder
 
 
 @pytest.mark.parametrize("kind,has_cls", [("clip", True), ("siglip", False), ("dinov2", True), ("vit", True)])
 def test_any_hf_vision_model_from_a_folder(kind, has_cls, tmp_path, cat):
     enc = load_vision_encoder(str(_tiny(kind, tmp_path)))
     assert enc.has_cls is has_cls and enc.grid == (4, 4) and enc.hidden_size == 32
+    assert enc.num_tokens == 16 + has_cls and enc.cache_id.startswith(f"hf:{tmp_path}@local-")
     tokens = enc.encode([cat, cat.convert("L")])
     assert tokens.shape == (2, 16 + has_cls, 32)
     assert not any(p.requires_grad for p in enc.parameters())
+    assert enc.select(tokens, "mean").shape == (2, 1, 32)
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_full_clip_and_siglip_checkpoints_give_their_vision_tower(family, tmp_path):
+    import transformers as tf
+
+    Full, Cfg, Text, Vision = {
+        "clip": (tf.CLIPModel, tf.CLIPConfig, tf.CLIPTextConfig, tf.CLIPVisionConfig),
+        "siglip": (tf.SiglipModel, tf.SiglipConfig, tf.SiglipTextConfig, tf.SiglipVisionConfig),
+    }[family]
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99,
+                bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    torch.manual_seed(1)
+    full = Full(Cfg(text_config=Text(**text).to_dict(), vision_config=Vision(**COMMON).to_dict())).eval()
+    full.save_pretrained(tmp_path)
+    enc = load_vision_encoder(str(tmp_path))
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = full.vision_model(pixel_values=pixels).last_hidden_state  # (2, N, 32)
+    assert torch.allclose(enc(pixels), expected, atol=1e-6)  # the trained tower, not a fresh random one
+    assert enc.has_cls is (family == "clip")
+
+
+def test_saved_preprocessor_config_sets_normalisation_and_resize(tmp_path, cat):
+    folder = _tiny("dinov2", tmp_path)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "BitImageProcessor", "do_center_crop": True, "crop_size": {"height": 32, "width": 32},
+        "size": {"shortest_edge": 40}, "image_mean": [0.1, 0.2, 0.3], "image_std": [0.3, 0.3, 0.3]}))
+    enc = load_vision_encoder(str(folder))
+    assert (enc.mean, enc.std, enc.resize, enc.image_size) == ((0.1, 0.2, 0.3), (0.3, 0.3, 0.3), 40, 32)
+    assert enc.view(cat).size == (32, 32)
+    pixels = enc.preprocess([Image.new("RGB", (50, 50), (255, 0, 0))])  # (1, 3, 32, 32)
+    assert torch.allclose(pixels[0, :, 0, 0], torch.tensor([0.9 / 0.3, -0.2 / 0.3, -0.3 / 0.3]), atol=1e-5)
+
+
+def test_hf_checkpoints_that_do_not_fit_are_refused(tmp_path):
+    import transformers as tf
+
+    bert = tmp_path / "bert"
+    tf.BertModel(tf.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                               vocab_size=50)).save_pretrained(bert)
+    with pytest.raises(ValueError, match="'bert' model; vlmviz reads vision tokens from clip"):
+        load_vision_encoder(str(bert))
+    for saved, claimed, message in [("vit", "dinov2", "has no weights for .* expected a dinov2 vision checkpoint"),
+                                    ("dinov2", "vit", "weights do not fit ViTModel")]:
+        folder = _tiny(saved, tmp_path / f"{saved}-as-{claimed}")
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": claimed}))
+        with pytest.raises(ValueError, match=message):
+            load_vision_encoder(str(folder))
+
+
+def test_local_cache_id_follows_the_weights(tmp_path):
+    from transformers import AutoConfig
+
+    from vlmviz.encoders.hf import _version
+
+    folder = _tiny("vit", tmp_path)
+    before = _version(str(folder), AutoConfig.from_pretrained(folder))
+    assert before == _version(str(folder), AutoConfig.from_pretrained(folder))
+    time.sleep(0.01)
+    _tiny("vit", folder)  # same architecture, weights written again
+    assert _version(str(folder), AutoConfig.from_pretrained(folder)) != before
 
 
 def test_unknown_encoder_names_the_bundled_ones(tmp_path):
     with pytest.raises(ValueError, match=r"not one of \['vit-s14', 'efficientnet-lite0'\]"):
         load_vision_encoder(str(tmp_path / "nothing-here"))
+    with pytest.raises(ValueError, match="neither a bundled encoder .* nor a loadable Hugging Face id"):
+        load_vision_encoder("vit-s15")

@@ -49,6 +49,7 @@ def _load(name_or_path: str, device: str) -> VisionEncoder:
     try:
         return HFVisionEncoder(name_or_path).to(device)
     except (OSError, ValueError) as err:
-        where = "a local folder" if Path(name_or_path).exists() else "a Hugging Face id"
-        raise ValueError(f"unknown vision encoder {name_or_path!r}: not one of {list_vision_encoders()} and not "
-                         f"loadable as {where} ({str(err).splitlines()[0][:200]})") from None
+        where = "local folder" if Path(name_or_path).exists() else "id or local folder"
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ValueError(f"unknown vision encoder {name_or_path!r}: neither a bundled encoder (not one of "
+                         f"{list_vision_encoders()}) nor a loadable Hugging Face {where} ({reason})") from None

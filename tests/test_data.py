@@ -104,8 +104,46 @@ def test_coco_captions(tmp_path):
 
 
 def test_named_datasets_load():
-    assert list_datasets() == ["gallery", "scenes-1obj", "scenes-2obj", "digits"]
+    assert list_datasets() == ["gallery", "scenes-1obj", "scenes-2obj", "scenes-3obj", "scenes-count",
+                               "scenes-2obj-rel", "scenes-3obj-rel", "digits"]
     for name in list_datasets():
         assert len(load_dataset(name, n=5).samples) == 5
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("imagenet")
+
+
+def test_relation_holdout_keeps_every_shape_and_relation_in_training():
+    from vlmviz.data.scenes import INVERSE, RELATIONS, SHAPES, held_out_relations
+
+    train, test = scene_split(300, 60, seed=0, objects=2, holdout="relation")
+    held = held_out_relations(0)
+    seen = {(s.meta["shape"], s.meta["relation"]) for s in train}
+    assert seen.isdisjoint(held)  # no held-out (shape, relation) pairing is ever trained on
+    assert {(s.meta["shape"], s.meta["relation"]) for s in test} <= held
+    assert {sh for sh, _ in seen} == set(SHAPES) and {r for _, r in seen} == set(RELATIONS)
+    for s in test:  # the role twin reverses the relation and nothing else
+        relation = s.meta["relation"]
+        assert s.meta["swapped_role"] == s.meta["canonical"].replace(relation, INVERSE[relation])
+
+
+def test_three_object_and_counted_scenes_state_what_they_draw():
+    import numpy as np
+
+    for s in make_scenes(12, seed=2, objects=3):
+        m = s.meta
+        assert len({m["color"], m["color2"], m["color3"]}) >= 2 and m["relation"] in s.caption
+        assert m["canonical"].count(m["relation"]) == 2  # a row or a column read first to last
+        assert m["swapped"] != m["canonical"] and m["swapped_role"] != m["canonical"]
+    counted = make_scenes(30, seed=1, counts=True)
+    assert {s.meta["count"] for s in counted} == {1, 2, 3}
+    for s in counted:
+        word = {1: "one", 2: "two", 3: "three"}[s.meta["count"]]
+        assert s.meta["canonical"].startswith(word) and not s.meta["swapped_count"].startswith(word)
+        # the drawing has as many blobs of the stated color as the caption says: count colored pixels' columns/rows
+        pixels = np.asarray(s.load()).astype(int)
+        colored = (pixels.max(-1) - pixels.min(-1)) > 60  # saturated pixels: the shapes, not the gray background
+        profile = colored.any(0) if s.meta["position"] in ("top", "bottom", "center") else colored.any(1)
+        runs = int(np.sum(np.diff(profile.astype(int)) == 1) + profile[0])
+        assert runs == s.meta["count"], (s.caption, runs)
+    with pytest.raises(ValueError, match="holdout"):
+        scene_split(10, 5, objects=1, holdout="relation")

@@ -125,3 +125,23 @@ def test_alignment_report_states_n_and_k_and_rejects_nan(pair):
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         metrics.alignment_report(bad, txt)
+
+
+def test_false_negative_masking_matches_a_loop_reference():
+    from vlmviz.losses import LossHead
+
+    torch.manual_seed(0)
+    img, txt = torch.randn(6, 8), torch.randn(6, 8)
+    groups = torch.tensor([0, 1, 0, 2, 1, 3])
+    head = LossHead("infonce")
+    scale = float(head.logit_scale.exp())
+    sim = torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T
+    total = 0.0
+    for i in range(6):  # each row and each column: the positive against only the other groups' pairs
+        keep = [j for j in range(6) if j == i or groups[j] != groups[i]]
+        for row in (sim[i, keep], sim[keep, i]):
+            total += -torch.log_softmax(scale * row, 0)[keep.index(i)] / 12
+    assert torch.allclose(head(img, txt, groups), torch.tensor(float(total)), atol=1e-5)
+    assert torch.allclose(head(img, txt, torch.arange(6)), head(img, txt), atol=1e-6)  # no shared group: plain
+    sig = LossHead("sigmoid")
+    assert sig(img, txt, groups) < sig(img, txt)  # masked pairs no longer add their negative term

@@ -1,5 +1,11 @@
 """The connector ablation table: every family under the same budget, evaluated open-set on held-out attribute
-combinations, next to training-free baselines (untrained projector, least squares, orthogonal Procrustes)."""
+combinations, next to training-free baselines (untrained projector, least squares, orthogonal Procrustes).
+
+Budget: `steps` optimizer steps, cut short at `budget_s` seconds of training per connector (issue 7: at most 5
+CPU-minutes each); `steps_done` in the table says where each one stopped. With several seeds every row is the mean
+over seeds and `*_std` columns give the spread: held-out color accuracy hinges on a handful of unseen (color, shape)
+pairs, so one seed can swing R@1 by 0.2 (BENCHMARKS.md).
+"""
 from __future__ import annotations
 
 import time
@@ -11,17 +17,20 @@ import torch
 from .config import TrainConfig
 from .encoders import load_vision_encoder, select_tokens
 from .features import FeatureCache
-from .openset import candidate_set, open_set_report
+from .openset import candidate_set, caption_groups, open_set_report
 from .projectors import build_projector
 from .text import load_text_space
 from .train import embed, fit_least_squares, fit_procrustes, train_projector
 
-# family -> (token selection for encoders with CLS, without CLS, projector options)
+# family -> projector options; pooled families see one pooled token, token-level ones the patch grid
 POOLED = {"linear": {}, "mlp2x_gelu": {}, "residual_mlp": {}, "lowrank": {"rank": 64},
           "moe": {"num_experts": 4, "top_k": 2}}
 TOKEN_LEVEL = {"pixel_shuffle": {"scale": 2}, "resampler": {"num_queries": 16},
                "qformer": {"num_queries": 16}, "cabstractor": {"output_side": 4}}
 FAMILIES = {**POOLED, **TOKEN_LEVEL}
+METRICS = ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "swap_acc", "role_swap_acc", "count_swap_acc", "acc_color",
+           "acc_shape", "acc_size", "acc_position", "acc_relation", "acc_count", "acc_color2", "acc_shape2",
+           "modality_gap")
 
 
 @dataclass
@@ -31,72 +40,106 @@ class AblationData:
     tokens_train: torch.Tensor  # (N_train, N, D_vis) all encoder tokens
     tokens_test: torch.Tensor
     text_train: torch.Tensor  # (N_train, D_txt)
+    groups: torch.Tensor  # (N_train,) scenes stating the same facts share an id (never each other's negatives)
     captions: list[str]  # open-set candidates
     metas: list
 
 
-def prepare(encoder_name: str, text_name: str, n_train: int = 600, n_test: int = 200, objects: int = 1,
-            seed: int = 0, cache: FeatureCache | None = None, progress=None) -> tuple:
-    from .data import scene_split
+def prepare(encoder_name: str, text_name: str, n_train: int = 2000, n_test: int = 200,
+            dataset: str = "scenes-1obj", seed: int = 0, cache: FeatureCache | None = None, progress=None) -> tuple:
+    from .experiment import load_split
 
     encoder, text = load_vision_encoder(encoder_name), load_text_space(text_name)
-    train, test = scene_split(n_train, n_test, seed=seed, objects=objects)
+    train, test = load_split(dataset, n_train, n_test, seed)
     cache = cache or FeatureCache()
     tokens = cache.tokens(encoder, [s.load() for s in train + test], progress=progress)  # (N_all, N, D_vis)
     captions, metas = candidate_set(train, test)
     data = AblationData(train, test, tokens[:len(train)], tokens[len(train):],
-                        text.encode([s.caption for s in train]), captions, metas)
+                        text.encode([s.caption for s in train]), caption_groups(train), captions, metas)
     return encoder, text, data
 
 
 def token_mode(family: str, has_cls: bool) -> str:
     if family in TOKEN_LEVEL:
         return "patch"
-    return "cls+mean" if has_cls else "mean"
+    return "cls+mean+max" if has_cls else "mean+max"
+
+
+def _mean_rows(rows: list[dict]) -> dict:
+    """One row from the same connector's rows over seeds: metrics averaged, their spread in *_std columns."""
+    out = dict(rows[0])
+    for key in METRICS + ("train_s", "steps_done"):
+        values = [r[key] for r in rows if key in r]
+        if values:
+            t = torch.tensor(values, dtype=torch.float64)
+            out[key] = float(t.mean())
+            if key in ("i2t_R@1", "swap_acc", "acc_color") and len(values) > 1:
+                out[f"{key}_std"] = float(t.std())
+    out["seeds"] = len(rows)
+    return out
 
 
 def run_ablation(encoder_name: str = "vit-s14", text_name: str = "smollm2-135m", families=None,
                  steps: int = 1000, batch_size: int = 256, lr: float = 1e-2, loss: str = "infonce",
-                 n_train: int = 600, n_test: int = 200, objects: int = 1, seed: int = 0,
-                 log=print) -> pd.DataFrame:
-    encoder, text, data = prepare(encoder_name, text_name, n_train, n_test, objects, seed)
+                 n_train: int = 2000, n_test: int = 200, dataset: str = "scenes-1obj", seed: int = 0,
+                 seeds: int = 1, weight_decay: float = 0.01, budget_s: float = 300.0,
+                 false_negatives: bool = True, log=print) -> pd.DataFrame:
+    """Train every family on the same cached features and score each open-set on the held-out test scenes."""
+    encoder, text, data = prepare(encoder_name, text_name, n_train, n_test, dataset, seed)
     families = list(families or FAMILIES)
-    encode_text = text.encode
+    unknown = [f for f in families if f not in FAMILIES and not f.startswith("mlp")]
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; valid: {', '.join(FAMILIES)}")
     rows = []
 
-    def record(name, kind, img_test, params, out_tokens, seconds):
-        rep = open_set_report(img_test, data.test, data.captions, data.metas, encode_text)
-        rows.append({"connector": name, "kind": kind, **rep, "params": params, "out_tokens": out_tokens,
-                     "train_s": round(seconds, 1)})
-        log(f"{name:>16}  i2t R@1 {rep['i2t_R@1']:.3f}  R@5 {rep['i2t_R@5']:.3f}  "
-            f"t2i R@1 {rep['t2i_R@1']:.3f}  swap {rep.get('swap_acc', float('nan')):.3f}  ({seconds:.1f}s)")
+    def score(img_test) -> dict:
+        return open_set_report(img_test, data.test, data.captions, data.metas, text.encode)
 
-    # training-free baselines on the pooled tokens of the strongest pooled recipe
+    def record(name, kind, reports, params, out_tokens, seconds, steps_done=0):
+        row = _mean_rows([{"connector": name, "kind": kind, **rep, "params": params, "out_tokens": out_tokens,
+                           "train_s": round(s, 1), "steps_done": steps_done} for rep, s in zip(reports, seconds)])
+        rows.append(row)
+        log(f"{name:>16}  i2t R@1 {row['i2t_R@1']:.3f}  R@5 {row['i2t_R@5']:.3f}  t2i R@1 {row['t2i_R@1']:.3f}  "
+            f"swap {row.get('swap_acc', float('nan')):.3f}  color {row.get('acc_color', float('nan')):.3f}  "
+            f"({row['train_s']:.1f}s, {row['seeds']} seed(s))")
+
+    # training-free baselines on the same pooled view as the pooled families
     mode = token_mode("linear", encoder.has_cls)
     x_tr = select_tokens(data.tokens_train, encoder.has_cls, mode)[:, 0]  # (N_train, D)
     x_te = select_tokens(data.tokens_test, encoder.has_cls, mode)[:, 0]
     torch.manual_seed(seed)
     untrained = build_projector("linear", x_tr.shape[1], text.dim)
-    record("untrained linear", "baseline", embed(untrained, x_te[:, None], "mean"), untrained.num_params, 1, 0.0)
+    record("untrained linear", "baseline", [score(embed(untrained, x_te[:, None], "mean"))], untrained.num_params,
+           1, [0.0])
     t0 = time.perf_counter()
     w, b = fit_least_squares(x_tr, data.text_train)
-    record("least squares", "baseline", x_te @ w + b, w.numel() + b.numel(), 1, time.perf_counter() - t0)
+    record("least squares", "baseline", [score(x_te @ w + b)], w.numel() + b.numel(), 1, [time.perf_counter() - t0])
     t0 = time.perf_counter()
     r = fit_procrustes(x_tr, data.text_train)
-    record("procrustes", "baseline", torch.nn.functional.normalize(x_te - x_tr.mean(0), dim=-1) @ r,
-           r.numel(), 1, time.perf_counter() - t0)
+    record("procrustes", "baseline", [score(torch.nn.functional.normalize(x_te - x_tr.mean(0), dim=-1) @ r)],
+           r.numel(), 1, [time.perf_counter() - t0])
 
-    cfg = TrainConfig(loss=loss, steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=0)
+    groups = data.groups if false_negatives else torch.arange(len(data.train))
     for family in families:
         mode = token_mode(family, encoder.has_cls)
         tr = select_tokens(data.tokens_train, encoder.has_cls, mode)
         te = select_tokens(data.tokens_test, encoder.has_cls, mode)
-        torch.manual_seed(seed)
-        proj = build_projector(family, tr.shape[-1], text.dim, **FAMILIES.get(family, {}))
-        result = train_projector(proj, tr, data.text_train, cfg)
-        record(family, f"trained ({mode})", embed(proj, te, cfg.pooling), proj.num_params,
-               proj.num_output_tokens(tr.shape[1]), result.seconds)
+        reports, seconds, done = [], [], []
+        for s in range(seed, seed + seeds):
+            cfg = TrainConfig(loss=loss, steps=steps, batch_size=batch_size, lr=lr, seed=s, eval_every=0,
+                              weight_decay=weight_decay)
+            torch.manual_seed(s)
+            proj = build_projector(family, tr.shape[-1], text.dim, **FAMILIES.get(family, {}))
+            start = time.perf_counter()
+            result = train_projector(proj, tr, data.text_train, cfg, groups=groups,
+                                     should_stop=lambda: time.perf_counter() - start > budget_s)
+            reports.append(score(embed(proj, te, cfg.pooling)))
+            seconds.append(result.seconds)
+            done.append(result.steps_done)
+        record(family, f"trained ({mode})", reports, proj.num_params, proj.num_output_tokens(tr.shape[1]), seconds,
+               sum(done) / len(done))
     table = pd.DataFrame(rows)
+    table.insert(0, "dataset", dataset)
     table.insert(0, "text", text_name)
     table.insert(0, "encoder", encoder_name)
     return table

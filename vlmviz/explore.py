@@ -133,7 +133,7 @@ class Pipeline:
     def output_grid(self, num_selected: int) -> tuple[int, int, int] | None:
         """(h, w, offset) when projected tokens keep a spatial grid (offset 1 skips a CLS token); None for
         learned-query connectors, whose outputs are not tied to places."""
-        if hasattr(self.projector, "queries") or self.tokens in ("cls", "mean", "cls+mean"):
+        if hasattr(self.projector, "queries") or self.tokens in ("cls", "mean", "cls+mean", "mean+max", "cls+mean+max"):
             return None
         m = self.projector.num_output_tokens(num_selected)
         for offset in (0, 1):

@@ -32,23 +32,42 @@ def cosine_alignment_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
 
 
-def info_nce_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def false_negatives(groups: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
+    """(B, B) mask of off-diagonal pairs in the same group: two images whose captions state the same facts are not
+    each other's negatives (with 6 colors x 5 shapes, a batch of 256 scenes is full of them)."""
+    if groups is None:
+        return None
+    groups = groups.to(device)
+    return (groups[:, None] == groups[None, :]) & ~torch.eye(n, dtype=torch.bool, device=device)
+
+
+def info_nce_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
+                  groups: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE of CLIP (Radford et al. 2021, Fig. 3): cross-entropy over the batch both ways.
 
-    `logit_scale` is log(1 / temperature), learned and clamped at log(100) as in CLIP.
+    `logit_scale` is log(1 / temperature), learned and clamped at log(100) as in CLIP. `groups` (B,) marks pairs
+    that state the same facts; they are dropped from each other's negatives (false-negative elimination).
     """
     logits = logit_scale.clamp(max=math.log(100.0)).exp() * cosine_scores(img, txt)  # (B, B)
+    same = false_negatives(groups, len(img), logits.device)
+    if same is not None:
+        logits = logits.masked_fill(same, float("-inf"))
     labels = torch.arange(len(img), device=img.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
 def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
-                 logit_bias: torch.Tensor) -> torch.Tensor:
+                 logit_bias: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, Algorithm 1): every pair is a binary problem,
-    +1 on the diagonal and -1 elsewhere, summed over pairs and divided by the batch size."""
+    +1 on the diagonal and -1 elsewhere, summed over pairs and divided by the batch size. Same-group pairs
+    (`groups`) are left out rather than pushed apart."""
     logits = logit_scale.exp() * cosine_scores(img, txt) + logit_bias  # (B, B)
     signs = 2.0 * torch.eye(len(img), device=img.device, dtype=logits.dtype) - 1.0  # +1 diag, -1 off
-    return -F.logsigmoid(signs * logits).sum() / len(img)
+    terms = -F.logsigmoid(signs * logits)  # (B, B)
+    same = false_negatives(groups, len(img), logits.device)
+    if same is not None:
+        terms = terms.masked_fill(same, 0.0)
+    return terms.sum() / len(img)
 
 
 class LossHead(nn.Module):
@@ -66,12 +85,12 @@ class LossHead(nn.Module):
             self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
             self.logit_bias = nn.Parameter(torch.tensor(-10.0))
 
-    def forward(self, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         if self.kind == "cosine":
             return cosine_alignment_loss(img, txt)
         if self.kind == "infonce":
-            return info_nce_loss(img, txt, self.logit_scale)
-        return sigmoid_loss(img, txt, self.logit_scale, self.logit_bias)
+            return info_nce_loss(img, txt, self.logit_scale, groups)
+        return sigmoid_loss(img, txt, self.logit_scale, self.logit_bias, groups)
 
     @property
     def temperature(self) -> float | None:

@@ -2,9 +2,11 @@
 overstate quality).
 
 Each test image is ranked against every candidate caption: all training captions (seen combinations), all test
-captions, and the attribute-swapped twin of every test caption. We report image->text R@1/R@5 over that open set,
-text->image R@1/R@5 over the test images, swap accuracy (the true caption scores above its swapped twin) and
-per-attribute accuracy of the top-ranked caption whose attributes are known.
+captions, and the hard-negative twins of every test caption (colors swapped, relation reversed, count changed). We
+report image->text R@1/R@5 over that open set, text->image R@1/R@5 over the test images, swap accuracies (the true
+caption scores above its twin), per-attribute accuracy of the top-ranked caption whose attributes are known
+(relation accuracy among them), N_test, the number of candidates, and how many candidates collide in the text
+space (cosine > 0.999, so no connector can order them).
 """
 from __future__ import annotations
 
@@ -14,16 +16,22 @@ import torch
 
 from .metrics import modality_gap, ranks, similarity_matrix
 
-ATTRIBUTES = ("color", "shape", "size", "position", "relation", "count", "color2", "shape2")
-
-
-HARD_NEGATIVES = ("swapped", "swapped_role")
+ATTRIBUTES = ("color", "shape", "size", "position", "relation", "count", "color2", "shape2", "color3", "shape3")
+# hard-negative meta keys -> the accuracy reported for them (true caption scored above that twin)
+SWAP_NAMES = {"swapped": "swap_acc", "swapped_role": "role_swap_acc", "swapped_count": "count_swap_acc"}
+HARD_NEGATIVES = tuple(SWAP_NAMES)
 
 
 def target_caption(sample) -> str:
     """Scenes phrase the same facts with several templates; evaluation ranks one canonical phrasing per scene so
     that a different template is never counted as a miss."""
     return sample.meta.get("canonical", sample.caption)
+
+
+def caption_groups(samples: Sequence) -> torch.Tensor:
+    """(N,) ids: samples whose canonical captions agree state the same facts, so none is another's negative."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(target_caption(s), len(ids)) for s in samples])
 
 
 def candidate_set(train: Sequence, test: Sequence) -> tuple[list[str], list[dict | None]]:
@@ -59,15 +67,11 @@ def open_set_report(img: torch.Tensor, test: Sequence, captions: list[str], meta
     test_txt = cand[targets]  # (N_test, D)
     r_t2i = ranks(similarity_matrix(test_txt, img)).float()  # each test caption ranks the test images
     report.update({"t2i_R@1": float((r_t2i <= 1).float().mean()), "t2i_R@5": float((r_t2i <= 5).float().mean())})
-    swaps = [(i, index[s.meta["swapped"]]) for i, s in enumerate(test) if s.meta.get("swapped") in index]
-    if swaps:
-        rows = torch.tensor([i for i, _ in swaps])
-        twins = torch.tensor([j for _, j in swaps])
-        report["swap_acc"] = float((sim[rows, targets[rows]] > sim[rows, twins]).float().mean())
-    roles = [(i, index[s.meta["swapped_role"]]) for i, s in enumerate(test) if s.meta.get("swapped_role") in index]
-    if roles:
-        rows, twins = torch.tensor([i for i, _ in roles]), torch.tensor([j for _, j in roles])
-        report["role_swap_acc"] = float((sim[rows, targets[rows]] > sim[rows, twins]).float().mean())
+    for key, name in SWAP_NAMES.items():  # the true caption above its hard-negative twin
+        pairs = [(i, index[s.meta[key]]) for i, s in enumerate(test) if s.meta.get(key) in index]
+        if pairs:
+            rows, twins = torch.tensor([i for i, _ in pairs]), torch.tensor([j for _, j in pairs])
+            report[name] = float((sim[rows, targets[rows]] > sim[rows, twins]).float().mean())
     known = torch.tensor([m is not None for m in metas])
     top = sim.masked_fill(~known, float("-inf")).argmax(1)  # best caption that states attributes
     for attr in ATTRIBUTES:
@@ -75,4 +79,7 @@ def open_set_report(img: torch.Tensor, test: Sequence, captions: list[str], meta
         if pairs:
             report[f"acc_{attr}"] = sum(a == b for a, b in pairs) / len(pairs)
     report["modality_gap"] = modality_gap(img, test_txt)
+    # candidates the text space cannot tell apart (cosine > 0.999): no connector can rank one above the other
+    unit = torch.nn.functional.normalize(cand.double(), dim=-1)
+    report["colliding_captions"] = int(((unit @ unit.T > 1 - 1e-3).sum(1) > 1).sum())
     return report

@@ -83,11 +83,14 @@ def train_projector(
     should_stop: Callable[[], bool] | None = None,
     accelerator=None,
     head: torch.nn.Module | None = None,
+    groups: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train `projector` so that pool(projector(tokens[i])) aligns with text[i].
 
     tokens (N, T, D_vis) selected encoder tokens; text (N, D_txt) caption vectors of the frozen text space.
     For loss 'caption', `head` is a captioning.CaptionHead over the frozen LM and `text` holds caption indices (N,).
+    `groups` (N,) ids pairs that state the same facts (openset.caption_groups); contrastive losses never use one as
+    the other's negative. By default pairs with identical caption vectors share a group.
     With an `accelerate.Accelerator`, each process draws its slice of the same global batch and gradients are
     averaged across processes (DistributedDataParallel), so results match one process with the same global batch.
     """
@@ -104,6 +107,10 @@ def train_projector(
         raise ValueError("training features contain NaN or infinity")
     if cfg.loss in ("infonce", "sigmoid") and len(tokens) < 2:
         raise ValueError(f"{cfg.loss} needs at least 2 pairs (it contrasts each pair with the others)")
+    if groups is None and not captioning:
+        groups = torch.unique(text, dim=0, return_inverse=True)[1]  # identical captions are never negatives
+    if groups is not None and len(groups) != len(tokens):
+        raise ValueError(f"groups must give one id per pair: {len(tokens)} pairs, {len(groups)} ids")
     torch.manual_seed(cfg.seed)
     if cfg.standardize and any(True for _ in projector.parameters()):
         projector.set_input_stats(tokens)
@@ -144,11 +151,12 @@ def train_projector(
         idx = idx[rank * batch // world:(rank + 1) * batch // world]  # this process's slice
         x, y = tokens[idx].to(device).float(), text[idx].to(device)
         y = y if captioning else y.float()
+        g = groups[idx] if groups is not None else None
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, aux = model(x, y, cfg.pooling)
+            loss, aux = model(x, y, cfg.pooling, g)
             total = loss + cfg.aux_loss_weight * aux
         optimizer.zero_grad(set_to_none=True)
         if accelerator is not None:
@@ -179,9 +187,10 @@ class _Trainable(torch.nn.Module):
         super().__init__()
         self.projector, self.head = projector, head
 
-    def forward(self, x, y, pooling):
+    def forward(self, x, y, pooling, groups=None):
         out = pool_tokens(self.projector(x), pooling)  # (b, D_txt) or (b, M, D_txt)
-        return self.head(out.float(), y), self.projector.aux_loss()
+        loss = self.head(out.float(), y) if groups is None else self.head(out.float(), y, groups)
+        return loss, self.projector.aux_loss()
 
 
 def fit_least_squares(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:

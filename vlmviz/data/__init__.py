@@ -17,7 +17,11 @@ from .scenes import make_scenes, scene_split
 __all__ = ["Sample", "LoadResult", "Problem", "GalleryItem", "load_gallery", "make_scenes", "scene_split",
            "load_digits_dataset", "load_imagefolder", "load_coco_captions", "load_dataset", "list_datasets"]
 
-DATASETS = ("gallery", "scenes-1obj", "scenes-2obj", "digits")
+# synthetic scene sets: name -> scene_split / make_scenes keywords
+SCENES = {"scenes-1obj": {"objects": 1}, "scenes-2obj": {"objects": 2}, "scenes-3obj": {"objects": 3},
+          "scenes-count": {"objects": 1, "counts": True},
+          "scenes-2obj-rel": {"objects": 2, "holdout": "relation"}, "scenes-3obj-rel": {"objects": 3, "holdout": "relation"}}
+DATASETS = ("gallery", *SCENES, "digits")
 
 
 def list_datasets() -> list[str]:
@@ -28,8 +32,9 @@ def load_dataset(name_or_path: str, n: int | None = None, seed: int = 0) -> Load
     """A bundled dataset by name, an imagefolder by path, or a COCO captions .json."""
     if name_or_path == "gallery":
         return LoadResult([item.sample() for item in load_gallery()][:n])
-    if name_or_path in ("scenes-1obj", "scenes-2obj"):
-        return LoadResult(make_scenes(n or 200, seed=seed, objects=1 if name_or_path == "scenes-1obj" else 2))
+    if name_or_path in SCENES:
+        kw = {k: v for k, v in SCENES[name_or_path].items() if k != "holdout"}
+        return LoadResult(make_scenes(n or 200, seed=seed, **kw))
     if name_or_path == "digits":
         return LoadResult(load_digits_dataset(n or 200, seed=seed))
     path = Path(name_or_path)

@@ -1,10 +1,14 @@
 """Synthetic compositional scenes drawn with PIL, with captions from templates, deterministic by seed.
 
-One-object scenes vary color x shape x size x position; two-object scenes place two shapes in a relation
-("a red circle left of a blue square"). `scene_split` holds out whole (color, shape) combinations: every color and
-every shape is seen in training, but never the held-out pairings, so the test measures composition, not memory.
-Each test sample carries hard negatives in its meta: `swapped` (attributes swapped between the objects, or for one
-object another color with the same shape) and, for two objects, `swapped_role` (the relation reversed).
+One-object scenes vary color x shape x size x position, optionally with a count ("two small red circles on the
+left"); two-object scenes place two shapes in a relation ("a red circle left of a blue square"); three-object scenes
+put three in a row or a column ("a red circle left of a blue square left of a green star").
+`scene_split` holds out whole (color, shape) combinations (holdout="pair"): every color and every shape is seen in
+training, but never the held-out pairings, so the test measures composition, not memory. holdout="relation" holds
+out (shape, relation) pairings instead: a circle is never "above" anything in training, though circles and "above"
+both are. Each sample carries hard negatives in its meta: `swapped` (colors swapped between the objects, or for one
+object another color with the same shape), for two and three objects `swapped_role` (the relation reversed), and
+for counted scenes `swapped_count` (another count).
 """
 from __future__ import annotations
 
@@ -30,6 +34,10 @@ RELATIONS = {"left of": ((0.27, 0.5), (0.73, 0.5)), "right of": ((0.73, 0.5), (0
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 ONE_TEMPLATES = ("a {size} {color} {shape} {where}", "a photo of a {size} {color} {shape} {where}",
                  "there is a {size} {color} {shape} {where}")
+COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
+COUNT_TEMPLATES = ("{count} {size} {color} {shape}s {where}", "a photo of {count} {size} {color} {shape}s {where}")
+THREE_TEMPLATES = ("a {color} {shape} {relation} a {color2} {shape2} {relation} a {color3} {shape3}",
+                   "a photo of a {color} {shape} {relation} a {color2} {shape2} {relation} a {color3} {shape3}")
 TWO_TEMPLATES = ("a {color} {shape} {relation} a {color2} {shape2}",
                  "a photo of a {color} {shape} {relation} a {color2} {shape2}")
 
@@ -75,25 +83,54 @@ def held_out_combos(seed: int = 0) -> set[tuple[str, str]]:
     return {(c, SHAPES[(i + seed) % len(SHAPES)]) for i, c in enumerate(colors)}
 
 
-def _one(rng: random.Random, color: str, shape: str, index: int, image_size: int) -> Sample:
+def _one(rng: random.Random, color: str, shape: str, index: int, image_size: int, counts: bool = False) -> Sample:
     size, position = rng.choice(list(SIZES)), rng.choice(list(POSITIONS))
+    count = rng.choice(list(COUNT_WORDS)) if counts else 1
+    if count > 1:
+        size = "small"  # several large shapes would not fit side by side
     cx, cy = POSITIONS[position]
-    jitter = 0.04
-    obj = {"color": color, "shape": shape, "r": SIZES[size], "cx": cx + rng.uniform(-jitter, jitter),
-           "cy": cy + rng.uniform(-jitter, jitter)}
-    fields = {"size": size, "color": color, "shape": shape, "where": WHERE[position]}
-    template = rng.choice(ONE_TEMPLATES)
-    caption = _articles(template.format(**fields))
+    jitter, r = 0.04, SIZES[size]
+    spread = [0.0] if count == 1 else [(i - (count - 1) / 2) * 2.3 * r for i in range(count)]
+    horizontal = position in ("top", "bottom", "center")  # rows along the edge they sit on, columns at the sides
+    ox, oy = cx + rng.uniform(-jitter, jitter), cy + rng.uniform(-jitter, jitter)
+    objs = [{"color": color, "shape": shape, "r": r, "cx": ox + (d if horizontal else 0), "cy": oy + (0 if horizontal
+             else d)} for d in spread]
+    fields = {"size": size, "color": color, "shape": shape, "where": WHERE[position], "count": COUNT_WORDS[count]}
+    templates = COUNT_TEMPLATES if counts else ONE_TEMPLATES
+    caption = _articles(rng.choice(templates).format(**fields))
     other = rng.choice([c for c in COLORS if c != color])
-    canonical = ONE_TEMPLATES[0]  # evaluation compares facts, not which template phrased them
+    canonical = templates[0]  # evaluation compares facts, not which template phrased them
     meta = {"color": color, "shape": shape, "size": size, "position": position,
             "canonical": _articles(canonical.format(**fields)),
             "swapped": _articles(canonical.format(**{**fields, "color": other}))}
-    return Sample(draw_scene([obj], image_size, seed=rng.randrange(1 << 30)), caption, meta, f"scene1-{index}")
+    if counts:
+        wrong = rng.choice([c for c in COUNT_WORDS if c != count])
+        meta.update(count=count, swapped_count=_articles(canonical.format(**{**fields, "count": COUNT_WORDS[wrong]})))
+    return Sample(draw_scene(objs, image_size, seed=rng.randrange(1 << 30)), caption, meta, f"scene1-{index}")
 
 
-def _two(rng: random.Random, a: tuple[str, str], b: tuple[str, str], index: int, image_size: int) -> Sample:
-    relation = rng.choice(list(RELATIONS))
+def _three(rng: random.Random, objs: list[tuple[str, str]], relation: str, index: int, image_size: int) -> Sample:
+    """Three objects in a row ('left of' / 'right of') or a column ('above' / 'below'), read first to last."""
+    start, end = RELATIONS[relation]
+    r = 0.12
+    j = lambda: rng.uniform(-0.02, 0.02)  # noqa: E731
+    points = [(start[0] + (end[0] - start[0]) * t * 1.2 - (end[0] - start[0]) * 0.1,
+               start[1] + (end[1] - start[1]) * t * 1.2 - (end[1] - start[1]) * 0.1) for t in (0.0, 0.5, 1.0)]
+    drawn = [{"color": c, "shape": sh, "r": r, "cx": x + j(), "cy": y + j()} for (c, sh), (x, y) in zip(objs, points)]
+    (c1, s1), (c2, s2), (c3, s3) = objs
+    fields = {"color": c1, "shape": s1, "color2": c2, "shape2": s2, "color3": c3, "shape3": s3, "relation": relation}
+    canonical = THREE_TEMPLATES[0]
+    meta = {"color": c1, "shape": s1, "color2": c2, "shape2": s2, "color3": c3, "shape3": s3, "relation": relation,
+            "canonical": _articles(canonical.format(**fields)),
+            "swapped": _articles(canonical.format(**{**fields, "color": c2, "color2": c1})),
+            "swapped_role": _articles(canonical.format(**{**fields, "relation": INVERSE[relation]}))}
+    caption = _articles(rng.choice(THREE_TEMPLATES).format(**fields))
+    return Sample(draw_scene(drawn, image_size, seed=rng.randrange(1 << 30)), caption, meta, f"scene3-{index}")
+
+
+def _two(rng: random.Random, a: tuple[str, str], b: tuple[str, str], index: int, image_size: int,
+         relation: str | None = None) -> Sample:
+    relation = relation or rng.choice(list(RELATIONS))
     (ax, ay), (bx, by) = RELATIONS[relation]
     r = 0.15
     j = lambda: rng.uniform(-0.03, 0.03)  # noqa: E731
@@ -115,33 +152,65 @@ def _combos(held: set, train: bool) -> list[tuple[str, str]]:
     return [cs for cs in all_combos if (cs in held) != train]
 
 
-def _make(n: int, seed: int, objects: int, image_size: int, combos: list, start: int = 0) -> list[Sample]:
+def held_out_relations(seed: int = 0) -> set[tuple[str, str]]:
+    """One held-out relation per shape of the first-named object, rotating so every relation stays in training."""
+    relations = list(RELATIONS)
+    return {(shape, relations[(i + seed) % len(relations)]) for i, shape in enumerate(SHAPES)}
+
+
+def _make(n: int, seed: int, objects: int, image_size: int, combos: list, start: int = 0, counts: bool = False,
+          allowed=lambda shape, relation: True) -> list[Sample]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
         if objects == 1:
             color, shape = rng.choice(combos)
-            out.append(_one(rng, color, shape, start + i, image_size))
+            out.append(_one(rng, color, shape, start + i, image_size, counts))
+            continue
+        a = rng.choice(combos)
+        others = [cs for cs in combos if cs[0] != a[0] and cs[1] != a[1]]
+        b = rng.choice(others)
+        relation = rng.choice([r for r in RELATIONS if allowed(a[1], r)])
+        if objects == 2:
+            out.append(_two(rng, a, b, start + i, image_size, relation))
         else:
-            a = rng.choice(combos)
-            b = rng.choice([cs for cs in combos if cs[0] != a[0] and cs[1] != a[1]])
-            out.append(_two(rng, a, b, start + i, image_size))
+            c = rng.choice([cs for cs in others if cs[0] != b[0] and cs[1] != b[1]])
+            out.append(_three(rng, [a, b, c], relation, start + i, image_size))
     return out
 
 
-def make_scenes(n: int, seed: int = 0, objects: int = 1, image_size: int = 224) -> list[Sample]:
+def _check(objects: int, holdout: str, counts: bool) -> None:
+    if objects not in (1, 2, 3):
+        raise ValueError(f"objects must be 1, 2 or 3, got {objects}")
+    if holdout not in ("pair", "relation"):
+        raise ValueError(f"holdout must be 'pair' (color+shape) or 'relation' (shape+relation), got {holdout!r}")
+    if holdout == "relation" and objects == 1:
+        raise ValueError("holdout 'relation' needs scenes with 2 or 3 objects")
+    if counts and objects != 1:
+        raise ValueError("counted scenes have one kind of object: use objects=1 with counts=True")
+
+
+def make_scenes(n: int, seed: int = 0, objects: int = 1, image_size: int = 224, counts: bool = False) -> list[Sample]:
     """n scenes over all combinations (no hold-out), deterministic by seed."""
-    if objects not in (1, 2):
-        raise ValueError(f"objects must be 1 or 2, got {objects}")
-    return _make(n, seed, objects, image_size, [(c, s) for c in COLORS for s in SHAPES])
+    _check(objects, "pair", counts)
+    return _make(n, seed, objects, image_size, [(c, s) for c in COLORS for s in SHAPES], counts=counts)
 
 
-def scene_split(n_train: int, n_test: int, seed: int = 0, objects: int = 1,
-                image_size: int = 224) -> tuple[list[Sample], list[Sample]]:
-    """Train on seen (color, shape) combinations; test only on held-out ones (both objects, for two)."""
-    if objects not in (1, 2):
-        raise ValueError(f"objects must be 1 or 2, got {objects}")
+def scene_split(n_train: int, n_test: int, seed: int = 0, objects: int = 1, image_size: int = 224,
+                holdout: str = "pair", counts: bool = False) -> tuple[list[Sample], list[Sample]]:
+    """holdout 'pair': train on seen (color, shape) combinations, test only on held-out ones (every object).
+    holdout 'relation': all color+shape pairs everywhere, but the first object's (shape, relation) pairing in the
+    test scenes never occurs in training."""
+    _check(objects, holdout, counts)
+    if holdout == "relation":
+        every = [(c, s) for c in COLORS for s in SHAPES]
+        held = held_out_relations(seed)
+        train = _make(n_train, seed, objects, image_size, every, allowed=lambda sh, r: (sh, r) not in held)
+        test = _make(n_test, seed + 10_000, objects, image_size, every, start=n_train,
+                     allowed=lambda sh, r: (sh, r) in held)
+        return train, test
     held = held_out_combos(seed)
-    train = _make(n_train, seed, objects, image_size, _combos(held, train=True))
-    test = _make(n_test, seed + 10_000, objects, image_size, _combos(held, train=False), start=n_train)
+    train = _make(n_train, seed, objects, image_size, _combos(held, train=True), counts=counts)
+    test = _make(n_test, seed + 10_000, objects, image_size, _combos(held, train=False), start=n_train,
+                 counts=counts)
     return train, test

@@ -83,13 +83,15 @@ class VisionEncoder(nn.Module):
 
 
 def token_dim(hidden_size: int, mode: str) -> int:
-    """Width of the selected tokens: concat(CLS, mean) doubles it."""
-    return 2 * hidden_size if mode == "cls+mean" else hidden_size
+    """Width of the selected tokens: each pooled view concatenated ('cls+mean+max') adds one hidden_size."""
+    return hidden_size * (mode.count("+") + 1)
 
 
 def select_tokens(tokens: torch.Tensor, has_cls: bool, mode: str) -> torch.Tensor:
     """(B, N, D) -> what the projector sees: all (B, N, D), patch (B, N-1, D), cls / mean (B, 1, D),
-    cls+mean (B, 1, 2D). The pooled views are the strongest inputs for pooled connectors (DESIGN.md)."""
+    cls+mean (B, 1, 2D), mean+max (B, 1, 2D), cls+mean+max (B, 1, 3D). The pooled views are the strongest inputs for
+    pooled connectors (DESIGN.md); the max over patches keeps what a small object contributes, which the mean
+    dilutes with background (held-out color accuracy, BENCHMARKS.md)."""
     if mode not in TOKEN_MODES:
         raise ValueError(f"token selection must be one of {', '.join(TOKEN_MODES)}; got {mode!r}")
     patches = tokens[:, 1:] if has_cls else tokens  # (B, h*w, D)
@@ -99,9 +101,14 @@ def select_tokens(tokens: torch.Tensor, has_cls: bool, mode: str) -> torch.Tenso
         return patches
     if mode == "mean":
         return patches.mean(1, keepdim=True)  # (B, 1, D)
+    if mode == "mean+max":
+        return torch.cat([patches.mean(1, keepdim=True), patches.amax(1, keepdim=True)], dim=-1)  # (B, 1, 2D)
     if not has_cls:
         raise ValueError(f"token selection {mode!r} needs a CLS token and this encoder has none; "
-                         "use 'mean', 'patch' or 'all'")
+                         "use 'mean', 'mean+max', 'patch' or 'all'")
     if mode == "cls":
         return tokens[:, :1]  # (B, 1, D)
-    return torch.cat([tokens[:, :1], patches.mean(1, keepdim=True)], dim=-1)  # (B, 1, 2D)
+    views = [tokens[:, :1], patches.mean(1, keepdim=True)]
+    if mode == "cls+mean+max":
+        views.append(patches.amax(1, keepdim=True))
+    return torch.cat(views, dim=-1)  # (B, 1, 2D) or (B, 1, 3D)

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-COLLISION_TOL = 1e-6  # cosine above 1 - tol counts as "the same vector"
+COLLISION_TOL = 1e-3  # cosine above 0.999 counts as "the same vector": no ranking can rely on the difference
 
 
 def check_captions(captions: Sequence[str]) -> list[str]:
@@ -119,7 +119,7 @@ class TextSpace(ABC):
         return out
 
     def collisions(self, captions: Sequence[str]) -> list[list[int]]:
-        """Groups (size >= 2) of caption indices this space maps to the same direction (cosine > 1 - 1e-6).
+        """Groups (size >= 2) of caption indices this space maps to the same direction (cosine > 0.999).
 
         A bag-of-words space gives "a red circle left of a blue square" and its attribute swap one vector: no
         projector can then learn which is which, and the UI says so.

@@ -155,19 +155,26 @@ def cmd_ablate(args):
     tables = []
     for enc in args.encoder:
         for txt in args.text:
-            print(f"== {enc} x {txt}")
+            print(f"== {enc} x {txt} on {args.dataset}")
             tables.append(run_ablation(enc, txt, args.family, steps=args.steps, batch_size=args.batch_size,
                                        lr=args.lr, loss=args.loss, n_train=args.n_train, n_test=args.n_test,
-                                       objects=args.objects, seed=args.seed))
+                                       dataset=args.dataset, seed=args.seed, seeds=args.seeds,
+                                       weight_decay=args.weight_decay, budget_s=args.budget_s,
+                                       false_negatives=not args.keep_false_negatives))
     table = pd.concat(tables, ignore_index=True)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "ablation.csv", index=False)
-    cols = [c for c in ("encoder", "text", "connector", "kind", "i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5",
-                        "swap_acc", "acc_color", "acc_shape", "modality_gap", "params", "out_tokens", "train_s")
-            if c in table]
-    (out / "ablation.md").write_text(table[cols].to_markdown(index=False, floatfmt=".3f"))
-    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    cols = [c for c in ("encoder", "text", "connector", "kind", "i2t_R@1", "i2t_R@1_std", "i2t_R@5", "t2i_R@1",
+                        "swap_acc", "role_swap_acc", "count_swap_acc", "acc_color", "acc_shape", "acc_position",
+                        "acc_relation", "acc_count", "modality_gap", "params", "out_tokens", "steps_done", "train_s")
+            if c in table and table[c].notna().any()]
+    first = table.iloc[0]
+    header = (f"{args.dataset}: N_test={int(first['N_test'])} images ranked against {int(first['candidates'])} "
+              f"candidate captions ({int(first['colliding_captions'])} of them collide in the text space), "
+              f"{args.seeds} seed(s)\n\n")
+    (out / "ablation.md").write_text(header + table[cols].to_markdown(index=False, floatfmt=".3f"))
+    print(header + table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {out / 'ablation.csv'} and {out / 'ablation.md'}")
 
 
@@ -197,12 +204,15 @@ def _add_train_args(p):
 
 def _add_data_args(p, dataset="scenes-1obj"):
     p.add_argument("--dataset", default=dataset,
-                   help="gallery, scenes-1obj, scenes-2obj, digits, an imagefolder path or a COCO captions .json")
+                   help="gallery, digits, a synthetic scene set (scenes-1obj, scenes-2obj, scenes-3obj, scenes-count, "
+                        "scenes-2obj-rel, scenes-3obj-rel), an imagefolder path or a COCO captions .json")
     p.add_argument("--n-train", type=int, default=600)
     p.add_argument("--n-test", type=int, default=200)
 
 
 def main(argv=None) -> int:
+    from .data import SCENES
+
     parser = argparse.ArgumentParser(prog="python -m vlmviz", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -250,10 +260,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--loss", choices=LOSSES, default="infonce")
-    p.add_argument("--n-train", type=int, default=600)
+    p.add_argument("--dataset", default="scenes-1obj", help="a synthetic scene set: " + ", ".join(SCENES))
+    p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=200)
-    p.add_argument("--objects", type=int, default=1, choices=[1, 2])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1, help="train each family with this many seeds; report the mean")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--budget-s", type=float, default=300.0, help="training seconds per connector and seed")
+    p.add_argument("--keep-false-negatives", action="store_true",
+                   help="let scenes stating the same facts be each other's InfoNCE negatives (the plain recipe)")
     p.add_argument("--out-dir", default="artifacts/ablation")
     p.set_defaults(func=cmd_ablate)
 

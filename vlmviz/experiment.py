@@ -19,10 +19,10 @@ from .train import TrainResult, evaluate, train_projector
 
 def load_split(dataset: str, n_train: int = 600, n_test: int = 200, seed: int = 0) -> tuple[list, list]:
     """Synthetic scenes split by held-out attribute combinations; any other dataset by a seeded random split."""
-    from .data import load_dataset, scene_split
+    from .data import SCENES, load_dataset, scene_split
 
-    if dataset in ("scenes-1obj", "scenes-2obj"):
-        return scene_split(n_train, n_test, seed=seed, objects=1 if dataset == "scenes-1obj" else 2)
+    if dataset in SCENES:
+        return scene_split(n_train, n_test, seed=seed, **SCENES[dataset])
     loaded = load_dataset(dataset, n=None if dataset != "digits" else n_train + n_test, seed=seed)
     if loaded.problems:
         print(f"[vlmviz] {len(loaded.problems)} rows of {dataset} skipped, first: {loaded.problems[0]}")

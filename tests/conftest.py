@@ -40,3 +40,32 @@ def app_url():
         css=vlmviz_app.CSS, theme=vlmviz_app.THEME, show_error=True)
     yield f"http://127.0.0.1:{port}/"
     vlmviz_app.demo.close()
+
+
+TINY_WORDS = ["<unk>", "<|im_end|>", "Image:", "Describe", "the", "image.", "Caption:", "a", "an", "photo", "of",
+              "there", "is", "small", "large", "red", "green", "blue", "yellow", "purple", "orange", "circle",
+              "square", "triangle", "star", "diamond", "on", "at", "in", "left", "right", "top", "bottom", "center"]
+
+
+def save_tiny_llama(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer Llama (width 32) with a word-level tokenizer over the scene captions' words, saved like any
+    Hugging Face causal LM folder, so every code path that takes an LM name can be tested in seconds."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TINY_WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>")
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(TINY_WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                      initializer_range=0.2)  # a random LM at the default 0.02 barely reacts to any prefix
+    LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

@@ -11,6 +11,8 @@ text-only LM. Shape legend: B images, M visual tokens, L text length, D LM width
 from __future__ import annotations
 
 import re
+import threading
+import weakref
 from typing import Sequence
 
 import torch
@@ -39,29 +41,53 @@ class GatedCrossAttention(nn.Module):
 
 
 class VisualLM(nn.Module):
-    """A frozen causal LM that reads projected visual tokens, as a prefix or through gated cross-attention."""
+    """A frozen causal LM that reads projected visual tokens, as a prefix or through gated cross-attention.
+
+    The chat text before the image is the same for every image, so its keys and values are computed once per call
+    (batch 1, no gradient) and shared: each training sequence then runs only from the image on, which halves a
+    step through SmolLM2, whose template starts with a 24-token system prompt. In 'xattn' mode the blocks therefore
+    act on the positions after the image only, as in Flamingo, where text attends to the image before it."""
 
     def __init__(self, lm, tokenizer, mode: str = "prefix", every: int = 4, prompt: str = PROMPT):
         super().__init__()
         if mode not in ("prefix", "xattn"):
             raise ValueError(f"mode must be 'prefix' or 'xattn', got {mode!r}")
+        if every < 1:
+            raise ValueError(f"every must be >= 1 (a cross-attention block before every k-th layer), got {every}")
         self.lm, self.tokenizer, self.mode = lm.requires_grad_(False).eval(), tokenizer, mode
+        self.every, self.prompt = every, prompt
         self.dim = lm.get_input_embeddings().weight.shape[1]
+        self.heads = 8 if self.dim % 8 == 0 else 1
         self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         if not isinstance(self.end, int) or self.end == tokenizer.unk_token_id:
             self.end = tokenizer.eos_token_id
         before, after = self._chat(prompt)
         self.register_buffer("ids_before", torch.tensor(before), persistent=False)
         self.register_buffer("ids_after", torch.tensor(after), persistent=False)
-        self._visual: torch.Tensor | None = None
+        # the visual tokens the hooks read, per thread: the frozen LM is shared by every VisualLM of a process
+        self._local = threading.local()
+        self._hooks: list = []
         self.xattn = nn.ModuleList()
         if mode == "xattn":
             layers = lm.model.layers
-            heads = 8 if self.dim % 8 == 0 else 1
-            for i in range(0, len(layers), every):
-                block = GatedCrossAttention(self.dim, heads)
-                self.xattn.append(block)
-                layers[i].register_forward_pre_hook(self._hook(block), with_kwargs=True)
+            me = weakref.ref(self)  # a hook must not keep a discarded VisualLM (and its blocks) alive
+            for k, i in enumerate(range(0, len(layers), every)):
+                self.xattn.append(GatedCrossAttention(self.dim, self.heads))
+                self._hooks.append(layers[i].register_forward_pre_hook(_hook(me, k), with_kwargs=True))
+
+    @property
+    def _visual(self) -> torch.Tensor | None:
+        return getattr(self._local, "visual", None)
+
+    @_visual.setter
+    def _visual(self, value: torch.Tensor | None) -> None:
+        self._local.visual = value
+
+    def close(self) -> None:
+        """Take the cross-attention hooks off the shared LM (the LM is then exactly the text-only LM again)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
 
     def _chat(self, prompt: str) -> tuple[list[int], list[int]]:
         """Token ids before and after the image in the chat template (plain 'Image:' text when there is none)."""
@@ -75,78 +101,126 @@ class VisualLM(nn.Module):
         enc = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
         return enc(head), enc(tail)
 
-    def _hook(self, block: GatedCrossAttention):
-        def hook(module, args, kwargs):
-            if self._visual is None:
-                return None
-            if args:
-                return (block(args[0], self._visual),) + tuple(args[1:]), kwargs
-            kwargs["hidden_states"] = block(kwargs["hidden_states"], self._visual)
-            return args, kwargs
-
-        return hook
-
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm.get_input_embeddings()(ids)
 
-    def _prefix(self, visual: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Embeddings of the prompt around the image: (B, P, D) and the number of positions before the caption."""
-        b = len(visual)
-        before = self._embed(self.ids_before).expand(b, -1, -1)  # (B, P1, D)
+    def _before(self, b: int):
+        """KV cache of the chat text before the image, computed once at batch 1 and repeated for b sequences."""
+        if not len(self.ids_before):
+            from transformers import DynamicCache
+
+            return DynamicCache(), 0
+        with torch.no_grad():
+            self._visual = None  # the text before the image sees no image
+            past = self.lm(inputs_embeds=self._embed(self.ids_before)[None], use_cache=True).past_key_values
+        past.batch_repeat_interleave(b)
+        return past, len(self.ids_before)
+
+    def _from_image(self, visual: torch.Tensor | None, b: int) -> torch.Tensor:
+        """Embeddings from the image on: prefix (B, M + P2, D), xattn or text-only (B, P2, D)."""
         after = self._embed(self.ids_after).expand(b, -1, -1)  # (B, P2, D)
-        parts = [before, visual, after] if self.mode == "prefix" else [before, after]
-        prefix = torch.cat(parts, dim=1)
-        return prefix, prefix.shape[1]
+        if visual is None or self.mode == "xattn":
+            return after
+        return torch.cat([visual, after], dim=1)
+
+    def _check(self, visual: torch.Tensor) -> torch.Tensor:
+        if visual.ndim != 3 or visual.shape[-1] != self.dim:
+            raise ValueError(f"visual tokens must be (B, M, {self.dim}) (the LM width), got {tuple(visual.shape)}")
+        return visual.to(self.lm.dtype)
 
     def caption_loss(self, visual: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
         """Mean next-token cross-entropy over caption tokens (+ the closing end token) given the visual tokens."""
-        if visual.shape[-1] != self.dim:
-            raise ValueError(f"visual tokens must be {self.dim}-d (the LM width), got {visual.shape[-1]}")
-        visual = visual.to(self.lm.dtype)
+        visual = self._check(visual)
+        b, device = len(visual), visual.device
+        past, p1 = self._before(b)
+        cap = [self.tokenizer(c.strip(), add_special_tokens=False)["input_ids"] + [self.end] for c in captions]
+        length = max(map(len, cap))
+        ids = torch.full((b, length), self.end, dtype=torch.long, device=device)
+        mask = torch.zeros(b, length, dtype=torch.long, device=device)
+        for i, c in enumerate(cap):  # right padding; padded positions are masked and ignored by the loss
+            ids[i, :len(c)] = torch.tensor(c)
+            mask[i, :len(c)] = 1
         self._visual = visual if self.mode == "xattn" else None
         try:
-            prefix, p = self._prefix(visual)  # (B, P, D)
-            cap = [self.tokenizer(c.strip(), add_special_tokens=False)["input_ids"]
-                   + [self.end] for c in captions]
-            length = max(map(len, cap))
-            ids = torch.full((len(cap), length), self.end, dtype=torch.long, device=visual.device)
-            mask = torch.zeros(len(cap), length, dtype=torch.long, device=visual.device)
-            for i, c in enumerate(cap):  # right padding; padded positions are masked and ignored by the loss
-                ids[i, :len(c)] = torch.tensor(c)
-                mask[i, :len(c)] = 1
-            embeds = torch.cat([prefix, self._embed(ids)], dim=1)  # (B, P + L, D)
-            attention = torch.cat([torch.ones(len(cap), p, dtype=torch.long, device=visual.device), mask], dim=1)
-            logits = self.lm(inputs_embeds=embeds, attention_mask=attention).logits  # (B, P + L, V)
-            pred = logits[:, p - 1:-1]  # position t predicts token t + 1: (B, L, V)
-            labels = ids.masked_fill(mask == 0, -100)
-            return F.cross_entropy(pred.float().reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=-100)
+            embeds = torch.cat([self._from_image(visual, b), self._embed(ids)], dim=1)  # (B, P + L, D)
+            attention = torch.cat([torch.ones(b, p1 + embeds.shape[1] - length, dtype=torch.long, device=device),
+                                   mask], dim=1)  # (B, P1 + P + L)
+            # logits only where they are scored: position t predicts token t + 1, so the last L + 1 positions but
+            # the very last; the LM head (49152 x 576 for SmolLM2) on prompt positions would be wasted work
+            logits = self.lm(inputs_embeds=embeds, attention_mask=attention, past_key_values=past,
+                             logits_to_keep=length + 1).logits[:, :-1]  # (B, L, V)
         finally:
             self._visual = None
+        labels = ids.masked_fill(mask == 0, -100)
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
     @torch.no_grad()
     def generate(self, visual: torch.Tensor | None, max_new_tokens: int = 24, sample: bool = False,
                  temperature: float = 0.7, top_p: float = 0.9, seed: int = 0) -> list[str]:
-        """Describe each image (greedy or nucleus sampling) with the LM's KV cache; visual None = text-only LM."""
+        """Describe each image, greedily or by nucleus sampling, reusing the LM's KV cache step to step;
+        visual None = the text-only LM. Sampling is reproducible through `seed` (its own generator)."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if sample and not (temperature > 0 and 0 < top_p <= 1):
+            raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
+        visual = None if visual is None else self._check(visual)
         b = 1 if visual is None else len(visual)
-        if visual is None:
-            prefix = torch.cat([self._embed(self.ids_before), self._embed(self.ids_after)])[None]
-        else:
-            visual = visual.to(self.lm.dtype)
-            self._visual = visual if self.mode == "xattn" else None
-            prefix, _ = self._prefix(visual)
+        device = self.ids_before.device
+        past, length = self._before(b)
+        generator = torch.Generator(device).manual_seed(seed) if sample else None
+        self._visual = visual if self.mode == "xattn" else None
         try:
-            if sample:
-                torch.manual_seed(seed)
-            out = self.lm.generate(
-                inputs_embeds=prefix, attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long,
-                                                                device=prefix.device),
-                max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
-                top_p=top_p if sample else None, top_k=None, eos_token_id=self.end, pad_token_id=self.end,
-                use_cache=True)
+            step = self._from_image(visual, b)  # (B, P, D), then (B, 1, D) per new token
+            done = torch.zeros(b, dtype=torch.bool, device=device)
+            out: list[torch.Tensor] = []
+            for _ in range(max_new_tokens):
+                length += step.shape[1]
+                result = self.lm(inputs_embeds=step, attention_mask=torch.ones(b, length, dtype=torch.long,
+                                                                               device=device),
+                                 past_key_values=past, use_cache=True, logits_to_keep=1)
+                past = result.past_key_values
+                logits = result.logits[:, -1].float()  # (B, V)
+                token = _nucleus(logits, temperature, top_p, generator) if sample else logits.argmax(-1)
+                token = token.masked_fill(done, self.end)  # finished rows only repeat the end token
+                out.append(token)
+                done |= token == self.end
+                if bool(done.all()):
+                    break
+                step = self._embed(token)[:, None]  # (B, 1, D)
         finally:
             self._visual = None
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-        return [t.strip() for t in texts] * (b if visual is None and b > 1 else 1)
+        rows = torch.stack(out, dim=1).tolist()  # (B, new tokens)
+        texts = [self.tokenizer.decode(r[:r.index(self.end)] if self.end in r else r, skip_special_tokens=True)
+                 for r in rows]
+        return [t.strip() for t in texts]
+
+
+def _hook(vlm_ref, index: int):
+    """Forward pre-hook of a decoder layer: run cross-attention block `index` of the VisualLM first, when that
+    VisualLM has visual tokens set in this thread (otherwise the layer sees exactly the text-only input)."""
+
+    def hook(module, args, kwargs):
+        vlm = vlm_ref()
+        visual = None if vlm is None else vlm._visual
+        if visual is None:
+            return None
+        block = vlm.xattn[index]
+        if args:
+            return (block(args[0], visual),) + tuple(args[1:]), kwargs
+        kwargs["hidden_states"] = block(kwargs["hidden_states"], visual)
+        return args, kwargs
+
+    return hook
+
+
+def _nucleus(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+    """Top-p sampling (Holtzman et al. 2020): the smallest set of tokens whose probability reaches top_p."""
+    probs = (logits / temperature).softmax(-1)  # (B, V)
+    sorted_p, order = probs.sort(-1, descending=True)
+    keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
+    sorted_p = sorted_p * keep
+    pick = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1, generator=generator)  # (B, 1)
+    return order.gather(-1, pick)[:, 0]
 
 
 class CaptionHead(nn.Module):

@@ -2,7 +2,9 @@
 
 The config records what a projector needs to be rebuilt and what it was trained between: family, dims, options,
 encoder, token selection, text space, pooling. Loading rebuilds the projector, checks every tensor's shape and
-the dims against the encoder and text space in use, and says what was expected versus found.
+the dims against the encoder and text space in use, and says what was expected versus found. Modules trained beside
+the projector (the gated cross-attention blocks of a captioning connector) ride along as extra tensor groups,
+`@<group>.<key>`, listed in the config's "extra" and read back with `read_extra`.
 
 At the edge we speak LLaVA: `mm_projector.bin` (a torch state dict with keys `model.mm_projector.0.weight`,
 `.2.weight`, ... for mlpNx_gelu, `model.mm_projector.weight` for linear) and Hugging Face Llava's
@@ -23,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from .projectors import Projector, build_projector
 
 FORMAT = "vlmviz-projector/1"
+EXTRA = "@"  # prefix of tensors that belong to modules trained beside the projector
 
 
 class CheckpointError(ValueError):
@@ -47,10 +50,15 @@ def atomic_write(path: str | Path, write) -> Path:
     return path
 
 
-def save_checkpoint(path: str | Path, projector: Projector, **meta) -> Path:
-    """Save weights + config. `meta`: encoder, tokens, text, pooling, loss, steps, metrics ... (JSON-able)."""
+def save_checkpoint(path: str | Path, projector: Projector, extra: dict[str, dict] | None = None, **meta) -> Path:
+    """Save weights + config. `meta`: encoder, tokens, text, pooling, loss, steps, metrics ... (JSON-able).
+    `extra`: {group: state_dict} of modules trained with the projector, stored as `@group.key`."""
+    extra = extra or {}
     config = {"format": FORMAT, "projector": projector.config(), **meta}
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in projector.state_dict().items()}
+    if extra:
+        config["extra"] = sorted(extra)
+    states = [("", projector.state_dict())] + [(f"{EXTRA}{g}.", state) for g, state in extra.items()]
+    tensors = {p + k: v.detach().to("cpu", torch.float32).contiguous() for p, state in states for k, v in state.items()}
     if not all(torch.isfinite(t).all() for t in tensors.values()):
         raise CheckpointError("refusing to save a projector with NaN or infinite weights")
     header = {"vlmviz": json.dumps(config)}
@@ -78,8 +86,27 @@ def load_checkpoint(path: str | Path, in_dim: int | None = None, out_dim: int | 
     spec = config["projector"]
     _check_dims(spec["in_dim"], spec["out_dim"], in_dim, out_dim, config, encoder, text)
     projector = build_projector(spec["family"], spec["in_dim"], spec["out_dim"], **spec.get("options", {}))
-    _load_state(projector, load_file(str(path)), Path(path).name)
+    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith(EXTRA)}
+    _load_state(projector, state, Path(path).name)
     return projector.eval(), config
+
+
+def read_extra(path: str | Path, group: str) -> dict[str, torch.Tensor]:
+    """The state dict of an extra module group saved beside the projector (e.g. 'xattn')."""
+    prefix = f"{EXTRA}{group}."
+    state = {k[len(prefix):]: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
+    if not state:
+        groups = read_config(path).get("extra", [])
+        raise CheckpointError(f"{Path(path).name} holds no {group!r} weights; its extra groups: {groups or 'none'}")
+    return state
+
+
+def load_module_state(module: torch.nn.Module, state: dict, what: str) -> None:
+    """load_state_dict after checking names, shapes and finiteness; a mismatch names every key, expected vs found."""
+    problems = _state_problems(module.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"{what}: {problems}")
+    module.load_state_dict(state)
 
 
 def _check_dims(ck_in, ck_out, in_dim, out_dim, config, encoder, text):
@@ -94,20 +121,27 @@ def _check_dims(ck_in, ck_out, in_dim, out_dim, config, encoder, text):
         raise CheckpointError("; ".join(p.replace("  ", " ") for p in problems))
 
 
-def _load_state(projector: Projector, state: dict, name: str) -> None:
-    expected = projector.state_dict()
+def _state_problems(expected: dict, state: dict) -> str:
+    """'' when `state` fits `expected` key for key and shape for shape, else what is missing / extra / wrong."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(state[k].shape)}"
              for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        parts = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
-                 "; ".join(wrong)]
+    parts = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
+             "; ".join(wrong)]
+    if any(parts):
+        return "; ".join(p for p in parts if p)
+    bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+    return f"tensor {bad[0]} contains NaN or infinity" if bad else ""
+
+
+def _load_state(projector: Projector, state: dict, name: str) -> None:
+    problems = _state_problems(projector.state_dict(), state)
+    if problems.startswith("tensor "):
+        raise CheckpointError(f"{name}: {problems}")
+    if problems:
         raise CheckpointError(f"{name} does not fit a {projector.family} projector "
-                              f"({projector.in_dim} -> {projector.out_dim}): " + "; ".join(p for p in parts if p))
-    for k, v in state.items():
-        if not torch.isfinite(v).all():
-            raise CheckpointError(f"{name}: tensor {k} contains NaN or infinity")
+                              f"({projector.in_dim} -> {projector.out_dim}): {problems}")
     projector.load_state_dict(state)
 
 

@@ -1,0 +1,144 @@
+"""Captioning checkpoints and decoding on a tiny random Llama saved as a Hugging Face folder (conftest.tiny_lm_dir):
+round trips for prefix and xattn, shape checks that say expected versus found, KV-cached decoding against a slow
+reference, reproducible sampling, hooks that come off the shared LM."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from vlmviz.captioner import build_vlm, load_caption_lm, load_captioner, save_captioner
+from vlmviz.checkpoints import CheckpointError, read_config, save_checkpoint
+from vlmviz.config import CaptionConfig
+from vlmviz.projectors import build_projector
+
+CAPS = ["a small red circle on the left", "there is a large blue star at the top"]
+
+
+def trained_like(vlm, family="resampler"):
+    """A connector (ViT-S/14 patch width 384 -> LM width) and open cross-attention gates, as after training."""
+    torch.manual_seed(1)
+    proj = build_projector(family, 384, vlm.dim, num_queries=4, num_heads=4).eval()
+    with torch.no_grad():
+        for block in vlm.xattn:
+            block.attn_gate.fill_(0.7)
+            block.ff_gate.fill_(-0.3)
+    return proj
+
+
+@pytest.mark.parametrize("mode", ["prefix", "xattn"])
+def test_round_trip_gives_the_same_captioner(tmp_path, tiny_lm_dir, mode):
+    vlm = build_vlm(str(tiny_lm_dir), CaptionConfig(mode, every=1, prompt="Describe the image."))
+    proj = trained_like(vlm)
+    x = torch.randn(2, 256, 384)
+    with torch.no_grad():
+        loss = float(vlm.caption_loss(proj(x), CAPS))
+        said = vlm.generate(proj(x), max_new_tokens=6)
+    path = save_captioner(tmp_path / f"{mode}.safetensors", proj, vlm, str(tiny_lm_dir), encoder="vit-s14",
+                          tokens="patch", text=str(tiny_lm_dir))
+    vlm.close()
+    config = read_config(path)
+    assert config["loss"] == "caption" and config["caption"]["mode"] == mode
+    assert config["caption"]["lm"] == str(tiny_lm_dir.resolve()) and config["caption"]["prompt"] == "Describe the image."
+    assert config.get("extra", []) == (["xattn"] if mode == "xattn" else [])
+    assert any(k.startswith("@xattn.") for k in load_file(str(path))) == (mode == "xattn")
+    again = load_captioner(path)
+    try:
+        with torch.no_grad():
+            assert float(again.vlm.caption_loss(again.projector(x), CAPS)) == pytest.approx(loss, rel=1e-6)
+            assert again.vlm.generate(again.projector(x), max_new_tokens=6) == said
+        if mode == "xattn":
+            assert float(again.vlm.xattn[0].attn_gate.detach()) == pytest.approx(0.7)
+    finally:
+        again.close()
+
+
+def test_shapes_and_widths_are_checked_with_expected_versus_found(tmp_path, tiny_lm_dir):
+    from conftest import save_tiny_llama
+
+    vlm = build_vlm(str(tiny_lm_dir), CaptionConfig("xattn", every=1))
+    path = save_captioner(tmp_path / "x.safetensors", trained_like(vlm), vlm, str(tiny_lm_dir), encoder="vit-s14",
+                          tokens="patch")
+    vlm.close()
+    header = {"vlmviz": json.dumps(read_config(path))}
+    state = load_file(str(path))
+    key = "@xattn.0.ff.0.weight"
+    state[key] = torch.zeros(64, 32)  # the block's first feed-forward layer is (128, 32)
+    save_file(state, str(tmp_path / "tampered.safetensors"), metadata=header)
+    with pytest.raises(CheckpointError, match=r"cross-attention blocks: 0.ff.0.weight: expected \(128, 32\), "
+                                              r"found \(64, 32\)"):
+        load_captioner(tmp_path / "tampered.safetensors")
+    # the same checkpoint pointed at an LM of another width
+    wide = tmp_path / "wide-llama"
+    save_tiny_llama(wide)
+    cfg = json.loads((wide / "config.json").read_text())
+    (wide / "config.json").write_text(json.dumps({**cfg, "hidden_size": 48}))
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(**{**cfg, "hidden_size": 48})).save_pretrained(str(wide))
+    config = read_config(path)
+    config["caption"]["lm"] = str(wide)
+    save_file(load_file(str(path)), str(tmp_path / "other-lm.safetensors"), metadata={"vlmviz": json.dumps(config)})
+    with pytest.raises(CheckpointError, match="outputs D_txt=32 .* has 48"):
+        load_captioner(tmp_path / "other-lm.safetensors")
+    lm, _ = load_caption_lm(str(wide))
+    assert not any(layer._forward_pre_hooks for layer in lm.model.layers)  # a failed load leaves no hooks
+
+
+def test_a_retrieval_checkpoint_is_refused_with_how_to_make_one(tmp_path):
+    path = save_checkpoint(tmp_path / "r.safetensors", build_projector("linear", 768, 576), encoder="vit-s14",
+                           tokens="cls+mean", text="smollm2-135m", loss="infonce")
+    with pytest.raises(CheckpointError, match="trained with loss 'infonce', not 'caption'.*--loss caption"):
+        load_captioner(path)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        load_captioner(tmp_path / "missing.safetensors")
+
+
+def slow_greedy(vlm, visual, n):
+    """Reference decoding: the whole sequence from scratch for every new token, no cache."""
+    emb = vlm.lm.get_input_embeddings()
+    seq = torch.cat([emb(vlm.ids_before), *([visual] if visual is not None else []), emb(vlm.ids_after)])
+    out = []
+    for _ in range(n):
+        token = int(vlm.lm(inputs_embeds=seq[None]).logits[0, -1].argmax())
+        if token == vlm.end:
+            break
+        out.append(token)
+        seq = torch.cat([seq, emb(torch.tensor([token]))])
+    return vlm.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def test_cached_greedy_decoding_matches_the_slow_reference(tiny_lm_dir):
+    vlm = build_vlm(str(tiny_lm_dir))
+    visual = torch.randn(3, 4, vlm.dim)
+    fast = vlm.generate(visual, max_new_tokens=8)
+    assert fast == [slow_greedy(vlm, v, 8) for v in visual]
+    assert vlm.generate(None, max_new_tokens=8) == [slow_greedy(vlm, None, 8)]
+
+
+@torch.no_grad()
+def test_sampling_is_reproducible_by_seed_and_validated(tiny_lm_dir):
+    vlm = build_vlm(str(tiny_lm_dir))
+    visual = torch.randn(4, 4, vlm.dim)
+    a = vlm.generate(visual, max_new_tokens=8, sample=True, temperature=1.5, top_p=0.95, seed=3)
+    assert a == vlm.generate(visual, max_new_tokens=8, sample=True, temperature=1.5, top_p=0.95, seed=3)
+    others = [vlm.generate(visual, max_new_tokens=8, sample=True, temperature=1.5, top_p=0.95, seed=s)
+              for s in range(4, 8)]
+    assert any(o != a for o in others)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        vlm.generate(visual, sample=True, temperature=0)
+
+
+@torch.no_grad()
+def test_close_takes_the_cross_attention_off_the_shared_lm(tiny_lm_dir):
+    lm, _ = load_caption_lm(str(tiny_lm_dir))
+    ids = torch.tensor([[2, 3, 4, 5]])
+    plain = lm(input_ids=ids).logits
+    vlm = build_vlm(str(tiny_lm_dir), CaptionConfig("xattn", every=1))
+    trained_like(vlm)
+    vlm._visual = torch.randn(1, 3, 32)
+    assert not torch.allclose(lm(input_ids=ids).logits, plain)
+    vlm.close()
+    assert torch.equal(lm(input_ids=ids).logits, plain)
+    vlm._visual = None

@@ -1,4 +1,4 @@
-"""vlmviz command line: python -m vlmviz {embed,train,eval,export,import,ablate,lesson} --help
+"""vlmviz command line: python -m vlmviz {embed,train,eval,export,import,ablate,lesson,describe,caption-eval} --help
 
 Multi-process / multi-GPU training runs on Hugging Face accelerate:
     accelerate launch -m vlmviz train ...      or      torchrun --nproc_per_node 2 -m vlmviz train ...
@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import POOLINGS, TOKEN_MODES, EncoderConfig, ExperimentConfig, ProjectorConfig, TextConfig, TrainConfig
+from .config import (CAPTION_MODES, CAPTION_TRAIN, POOLINGS, TOKEN_MODES, CaptionConfig, EncoderConfig,
+                     ExperimentConfig, ProjectorConfig, TextConfig, TrainConfig)
 from .losses import LOSSES
 
 
@@ -67,7 +68,13 @@ def _experiment(args) -> ExperimentConfig:
     if args.projector: cfg.projector = ProjectorConfig(args.projector, _options(args.option))  # noqa: E701
     overrides = {k: getattr(args, k) for k in ("loss", "pooling", "steps", "lr", "batch_size", "seed", "device",
                                                 "eval_every", "warmup_steps") if getattr(args, k) is not None}
-    cfg.train = TrainConfig(**{**cfg.train.__dict__, **overrides})
+    base = cfg.train.__dict__
+    if overrides.get("loss") == "caption" and base["loss"] != "caption":  # retrieval defaults would crawl
+        base = {**base, **CAPTION_TRAIN}
+    cfg.train = TrainConfig(**{**base, **overrides})
+    caption = {k: v for k, v in (("mode", args.caption_mode), ("every", args.caption_every),
+                                 ("prompt", args.prompt)) if v is not None}
+    cfg.caption = CaptionConfig(**{**cfg.caption.__dict__, **caption})
     return cfg
 
 
@@ -88,7 +95,7 @@ def cmd_train(args):
     def on_step(event):
         bar.update(1)
         bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
-        if event["metrics"] and main:
+        if event["metrics"] and main and "i2t_R@1" in event["metrics"]:
             m = event["metrics"]
             tqdm.write(f"step {event['step']}: i2t R@1 {m['i2t_R@1']:.3f}  t2i R@1 {m['t2i_R@1']:.3f}  "
                        f"gap {m['modality_gap']:.3f}")
@@ -101,8 +108,11 @@ def cmd_train(args):
         print(f"loss {first:.4f} -> {last:.4f} in {out.result.steps_done} steps ({out.result.seconds:.1f}s on "
               f"{out.result.device})")
         if out.before and out.after:
-            for key in ("i2t_R@1", "t2i_R@1", "modality_gap"):
-                print(f"{key:>14}: {out.before[key]:.3f} -> {out.after[key]:.3f} (N={out.after['N']})")
+            for key in ("i2t_R@1", "t2i_R@1", "modality_gap", "caption_loss"):
+                if key in out.after:
+                    print(f"{key:>14}: {out.before[key]:.3f} -> {out.after[key]:.3f} (held-out N={out.after['N']})")
+        for ex in out.examples or []:
+            print(f"  held-out truth: {ex['truth']!r}\n       generated: {ex['generated']!r}")
         if out.checkpoint:
             print(f"checkpoint: {out.checkpoint}")
         if args.history:
@@ -178,6 +188,34 @@ def cmd_ablate(args):
     print(f"wrote {out / 'ablation.csv'} and {out / 'ablation.md'}")
 
 
+def cmd_describe(args):
+    from .captioner import BUNDLED_LM, build_vlm, caption_config, load_captioner
+
+    gen = {"max_new_tokens": args.max_new_tokens, "sample": args.sample, "temperature": args.temperature,
+           "top_p": args.top_p, "seed": args.seed}
+    if args.text_only:
+        lm = args.lm or (caption_config(args.paths[0])["caption"]["lm"] if args.paths else BUNDLED_LM)
+        vlm = build_vlm(lm)
+        print(f"text-only {Path(lm).name}: {vlm.generate(None, **gen)[0]}")
+        return
+    if len(args.paths) < 2:
+        raise ValueError("describe needs a checkpoint trained with --loss caption and at least one image "
+                         "(or --text-only for the LM alone)")
+    captioner = load_captioner(args.paths[0])
+    images = args.paths[1:]
+    for path, caption in zip(images, captioner.describe(images, **gen)):
+        print(f"{path}: {caption}")
+
+
+def cmd_caption_eval(args):
+    from .caption_eval import run_caption_eval
+
+    run_caption_eval(connectors=args.connector, modes=args.mode, steps=args.steps, batch_size=args.batch_size,
+                     lr=args.lr, n_train=args.n_train, n_test=args.n_test, lm=args.lm, encoder=args.encoder,
+                     max_new_tokens=args.max_new_tokens, seed=args.seed, out_dir=args.out_dir,
+                     threads=args.threads, retrain=args.retrain, log=print)
+
+
 def cmd_lesson(args):
     from .lesson import run_lesson
 
@@ -191,7 +229,8 @@ def _add_train_args(p):
     p.add_argument("--text", help="smollm2-135m, smollm2-135m-ctx, minilm-l6, or a Hugging Face id / folder")
     p.add_argument("--projector", help="connector family, e.g. linear, mlp2x_gelu, qformer")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="projector option, repeatable")
-    p.add_argument("--loss", choices=LOSSES)
+    p.add_argument("--loss", choices=LOSSES + ("caption",),
+                   help="caption = LLaVA stage 1 through the frozen LM named by --text (needs --pooling none)")
     p.add_argument("--pooling", choices=POOLINGS)
     p.add_argument("--steps", type=int)
     p.add_argument("--lr", type=float)
@@ -200,6 +239,10 @@ def _add_train_args(p):
     p.add_argument("--eval-every", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--caption-mode", choices=CAPTION_MODES,
+                   help="loss caption: visual tokens as LM prefix (LLaVA) or through gated cross-attention (Flamingo)")
+    p.add_argument("--caption-every", type=int, help="xattn: a cross-attention block before every k-th LM layer")
+    p.add_argument("--prompt", help="loss caption: the instruction after the image (default 'Describe the image.')")
 
 
 def _add_data_args(p, dataset="scenes-1obj"):
@@ -276,6 +319,35 @@ def main(argv=None) -> int:
     p.add_argument("--real", action="store_true", help="the same recipe on real encoder features")
     p.add_argument("--steps", type=int, default=200)
     p.set_defaults(func=cmd_lesson)
+
+    p = sub.add_parser("describe", help="caption images with a connector trained with --loss caption")
+    p.add_argument("paths", nargs="*", metavar="CHECKPOINT IMAGE", help="a caption checkpoint, then image files")
+    p.add_argument("--text-only", action="store_true", help="the LM alone, with no image: the baseline")
+    p.add_argument("--lm", help="--text-only: which LM (default: the checkpoint's, else smollm2-135m)")
+    p.add_argument("--sample", action="store_true", help="nucleus sampling instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("caption-eval", help="held-out attribute accuracy of generated captions per connector")
+    p.add_argument("--connector", nargs="+", default=None, help="connectors (default: resampler pixel_shuffle "
+                   "linear-pooled); see vlmviz.caption_eval.CONNECTORS")
+    p.add_argument("--mode", nargs="+", choices=CAPTION_MODES, default=list(CAPTION_MODES))
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=CAPTION_TRAIN["lr"])
+    p.add_argument("--n-train", type=int, default=600)
+    p.add_argument("--n-test", type=int, default=100)
+    p.add_argument("--lm", default="smollm2-135m", help="smollm2-135m or a Hugging Face causal LM folder")
+    p.add_argument("--encoder", default="vit-s14")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--retrain", action="store_true", help="train even where a matching checkpoint exists")
+    p.add_argument("--out-dir", default="artifacts/caption_eval")
+    p.set_defaults(func=cmd_caption_eval)
 
     args = parser.parse_args(argv)
     try:

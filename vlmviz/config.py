@@ -4,6 +4,7 @@ EncoderConfig: which frozen vision encoder and which of its tokens the projector
 TextConfig: which frozen text space the projector aims at.
 ProjectorConfig: connector family and its options (build_projector(family, in_dim, out_dim, **options)).
 TrainConfig: how the projector is trained.
+CaptionConfig: for the caption loss only, how the connector talks to the frozen LM (the LM is the text space's).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 TOKEN_MODES = ("all", "patch", "cls", "mean", "cls+mean", "mean+max", "cls+mean+max")
 POOLINGS = ("mean", "cls", "none")  # applied to projector outputs: mean of tokens, first token, keep all tokens
 DEVICES = ("auto", "cpu", "cuda", "mps")
+CAPTION_MODES = ("prefix", "xattn")
 
 
 def _check(value, allowed, what):
@@ -78,25 +80,53 @@ class TrainConfig:
 
 
 @dataclass
+class CaptionConfig:
+    """prefix: the visual tokens are LM input embeddings (LLaVA); xattn: gated cross-attention blocks in front of
+    every `every`-th decoder layer read them (Flamingo), trained together with the connector."""
+
+    mode: str = "prefix"
+    every: int = 4
+    prompt: str = "Describe the image."
+
+    def __post_init__(self):
+        _check(self.mode, CAPTION_MODES, "caption mode")
+        if self.every < 1:
+            raise ValueError(f"every must be >= 1, got {self.every}")
+        if not self.prompt.strip():
+            raise ValueError("the caption prompt must not be empty")
+
+
+# What a caption run needs that the retrieval defaults get wrong: every projected token goes through a 135 M LM, so
+# small batches, few steps, a lower learning rate (measured in BENCHMARKS.md, "Captioning through the frozen LM").
+CAPTION_TRAIN = {"pooling": "none", "steps": 200, "lr": 1e-3, "batch_size": 8, "warmup_steps": 10, "eval_every": 0}
+# Few visual tokens per family: each one is a position the LM runs over in every step (8 to 16, as in issue 6).
+CAPTION_OPTIONS = {"resampler": {"num_queries": 8}, "qformer": {"num_queries": 8}, "pixel_shuffle": {"scale": 4},
+                   "cabstractor": {"output_side": 3}}
+
+
+@dataclass
 class ExperimentConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     text: TextConfig = field(default_factory=TextConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ExperimentConfig":
-        unknown = set(d) - {"encoder", "text", "projector", "train"}
+        unknown = set(d) - {"encoder", "text", "projector", "train", "caption"}
         if unknown:
-            raise ValueError(f"unknown config sections {sorted(unknown)}; expected encoder, text, projector, train")
+            raise ValueError(f"unknown config sections {sorted(unknown)}; expected encoder, text, projector, train, "
+                             "caption")
         return cls(
             encoder=EncoderConfig(**d.get("encoder", {})),
             text=TextConfig(**d.get("text", {})),
             projector=ProjectorConfig(**d.get("projector", {})),
             train=TrainConfig(**d.get("train", {})),
+            caption=CaptionConfig(**d.get("caption", {})),
         )
 
 
@@ -119,6 +149,12 @@ PRESETS: dict[str, ExperimentConfig] = {
         encoder=EncoderConfig("vit-s14", "patch"),
         projector=ProjectorConfig("mlp2x_gelu"),
         train=TrainConfig(loss="infonce", pooling="mean", steps=300, lr=1e-3, batch_size=64),
+    ),
+    # LLaVA stage 1 through the frozen SmolLM2-135M: 8 learned queries over the 256 patch tokens.
+    "caption-stage1": ExperimentConfig(
+        encoder=EncoderConfig("vit-s14", "patch"),
+        projector=ProjectorConfig("resampler", {"num_queries": 8}),
+        train=TrainConfig(loss="caption", **CAPTION_TRAIN),
     ),
 }
 

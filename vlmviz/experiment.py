@@ -54,12 +54,17 @@ class RunResult:
     before: dict | None
     after: dict | None
     checkpoint: Path | None
+    examples: list | None = None  # caption runs: a few held-out images' true and generated captions
 
 
 def run(cfg: ExperimentConfig, dataset: str = "scenes-1obj", n_train: int = 600, n_test: int = 200,
         out: str | Path | None = None, callback=None, should_stop=None, accelerator=None, progress=None,
         cache: FeatureCache | None = None) -> RunResult:
     train, test = load_split(dataset, n_train, n_test, cfg.train.seed)
+    if cfg.train.loss == "caption":  # LLaVA stage 1 through the frozen LM: its own module
+        from .caption_train import run_caption
+
+        return run_caption(cfg, train, test, out, callback, should_stop, accelerator, progress, cache, dataset)
     tr = featurize(cfg, train, cache, progress)
     te = featurize(cfg, test, cache, progress) if len(test) >= 2 else None
     encoder, text = load_vision_encoder(cfg.encoder.name), load_text_space(cfg.text.name)

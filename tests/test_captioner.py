@@ -39,7 +39,8 @@ def test_round_trip_gives_the_same_captioner(tmp_path, tiny_lm_dir, mode):
     vlm.close()
     config = read_config(path)
     assert config["loss"] == "caption" and config["caption"]["mode"] == mode
-    assert config["caption"]["lm"] == str(tiny_lm_dir.resolve()) and config["caption"]["prompt"] == "Describe the image."
+    assert config["caption"]["lm"] == str(tiny_lm_dir.resolve())
+    assert config["caption"]["prompt"] == "Describe the image."
     assert config.get("extra", []) == (["xattn"] if mode == "xattn" else [])
     assert any(k.startswith("@xattn.") for k in load_file(str(path))) == (mode == "xattn")
     again = load_captioner(path)

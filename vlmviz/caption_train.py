@@ -20,7 +20,7 @@ from .features import FeatureCache
 from .projectors import Projector, build_projector
 from .train import train_projector
 
-EVAL_IMAGES = 32  # held-out images scored by the caption loss before and after: about a second through SmolLM2
+EVAL_IMAGES = 16  # held-out images scored by the caption loss before and after: a few seconds through SmolLM2
 
 
 def caption_tokens(cfg: ExperimentConfig, samples: Sequence, cache: FeatureCache | None = None,

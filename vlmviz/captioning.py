@@ -241,6 +241,7 @@ class CaptionHead(nn.Module):
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "pink", "brown", "gray", "cyan")
 SHAPES = ("circle", "square", "triangle", "star", "rectangle", "diamond", "hexagon", "cross", "heart", "ellipse")
 POSITIONS = ("left", "right", "top", "bottom", "center", "middle", "above", "below")
+SIZES = ("small", "large", "big", "tiny", "little", "huge", "medium")
 COUNTS = ("one", "two", "three", "four", "single", "a pair")
 
 
@@ -251,10 +252,18 @@ def mentioned(text: str, words: Sequence[str]) -> list[str]:
 def attribute_hits(generated: str, meta: dict) -> dict[str, bool]:
     """Which stated attributes a generated caption gets right: the true value is mentioned and no rival value."""
     out = {}
-    for attr, vocab in (("color", COLORS), ("shape", SHAPES), ("position", POSITIONS), ("count", COUNTS)):
+    for attr, vocab in (("color", COLORS), ("shape", SHAPES), ("size", SIZES), ("position", POSITIONS),
+                        ("count", COUNTS)):
         truth = meta.get(attr)
         if truth is None:
             continue
         said = mentioned(generated, vocab)
         out[attr] = str(truth).lower() in said and len(said) == 1
     return out
+
+
+def names_one_object(generated: str) -> bool:
+    """The caption names exactly one object: one shape noun, said once and not in the plural. The one-object scenes'
+    captions never state a count ("a small red circle ..."), so this is the count check that fits them."""
+    said = re.findall(rf"\b({'|'.join(SHAPES)})(s?)\b", generated.lower())
+    return len(said) == 1 and said[0][1] == ""

@@ -1,0 +1,173 @@
+"""Do the captions ground? Connectors trained with the caption objective through the frozen LM, scored on the
+held-out color+shape pairs of the one-object scenes by what their greedy captions say.
+
+Per connector family and objective (prefix | xattn) it reports the share of held-out captions whose color, shape,
+size and position are right (the true word said and no rival word, captioning.attribute_hits), all four at once,
+and whether exactly one object is named (the scenes' captions never state a count). Baselines on the same scenes:
+the text-only LM (no image), each untrained connector (prefix; an untrained xattn model IS the text-only LM, its
+gates start at zero), and the best constant caption, the most frequent test value of each attribute, which is what
+a model that ignores the image can at best reach.
+
+    python -m vlmviz caption-eval --steps 200 --threads 1
+
+Checkpoints land in out_dir and are reused when their recipe matches (--retrain to train again).
+Shape legend: N images, T selected encoder tokens, D_vis encoder width, M visual tokens, D LM width.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from .caption_train import held_out_loss
+from .captioner import build_vlm, lm_name, load_captioner, save_captioner
+from .captioning import CaptionHead, attribute_hits, names_one_object
+from .config import CaptionConfig, TrainConfig
+from .encoders import load_vision_encoder, select_tokens, token_dim
+from .features import FeatureCache
+from .projectors import build_projector
+from .train import train_projector
+
+# name: (family, token selection, options); 8, 16 and 1 visual tokens (9 for the C-Abstractor)
+CONNECTORS = {
+    "resampler": ("resampler", "patch", {"num_queries": 8}),
+    "pixel_shuffle": ("pixel_shuffle", "patch", {"scale": 4}),
+    "cabstractor": ("cabstractor", "patch", {"output_side": 3}),
+    "linear-pooled": ("linear", "cls+mean", {}),
+}
+DEFAULT = ("resampler", "pixel_shuffle", "linear-pooled")
+ATTRS = ("color", "shape", "size", "position")
+
+
+def score(captions: list[str], samples: list) -> dict:
+    """Shares of captions with each attribute right, all four right, exactly one object named; distinct share."""
+    hits = [attribute_hits(c, s.meta) for c, s in zip(captions, samples)]
+    out = {a: sum(h[a] for h in hits) / len(hits) for a in ATTRS}
+    out["all4"] = sum(all(h[a] for a in ATTRS) for h in hits) / len(hits)
+    out["one_object"] = sum(map(names_one_object, captions)) / len(captions)
+    out["distinct"] = len(set(captions)) / len(captions)
+    return out
+
+
+def best_constant(samples: list) -> dict:
+    """What one fixed caption scores at best: the most frequent value of each attribute (and of all four)."""
+    out = {a: Counter(s.meta[a] for s in samples).most_common(1)[0][1] / len(samples) for a in ATTRS}
+    out["all4"] = Counter(tuple(s.meta[a] for a in ATTRS) for s in samples).most_common(1)[0][1] / len(samples)
+    return {**out, "one_object": 1.0, "distinct": 1 / len(samples)}
+
+
+def _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder) -> dict:
+    return {"connector": name, "mode": mode, "steps": steps, "batch_size": batch_size, "lr": lr, "n_train": n_train,
+            "seed": seed, "lm": lm_name(lm), "encoder": encoder}
+
+
+def _train_or_load(path: Path, recipe: dict, x_tr, captions, retrain: bool, log):
+    """(projector, vlm, stats): a matching checkpoint is loaded, anything else trained and saved."""
+    family, tokens, options = CONNECTORS[recipe["connector"]]
+    if path.exists() and not retrain:
+        try:
+            captioner = load_captioner(path)
+            if captioner.config.get("recipe") == recipe:
+                log(f"  loaded {path.name} (same recipe)")
+                return captioner.projector, captioner.vlm, captioner.config["stats"]
+            captioner.close()
+        except ValueError as err:
+            log(f"  {path.name} not reusable ({err}); training")
+    vlm = build_vlm(recipe["lm"], CaptionConfig(recipe["mode"]))
+    torch.manual_seed(recipe["seed"])
+    projector = build_projector(family, x_tr.shape[-1], vlm.dim, **options)
+    cfg = TrainConfig(loss="caption", pooling="none", steps=recipe["steps"], lr=recipe["lr"],
+                      batch_size=recipe["batch_size"], warmup_steps=min(10, recipe["steps"] // 10), eval_every=0,
+                      seed=recipe["seed"], device="cpu")
+    every = max(1, recipe["steps"] // 10)
+    result = train_projector(projector, x_tr, torch.arange(len(x_tr)), cfg, head=CaptionHead(vlm, captions),
+                             callback=lambda r: r["step"] % every == 0 and log(
+                                 f"  step {r['step']}/{r['steps']} loss {r['loss']:.3f} ({r['elapsed']:.0f} s)"))
+    losses = [h["loss"] for h in result.history]
+    k = max(1, min(10, len(losses) // 4))
+    trainable = projector.num_params + sum(p.numel() for p in vlm.xattn.parameters())
+    stats = {"train_s": result.seconds, "steps_per_s": result.steps_done / result.seconds,
+             "loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k, "trainable": trainable}
+    save_captioner(path, projector, vlm, recipe["lm"], encoder=recipe["encoder"], tokens=tokens, text=recipe["lm"],
+                   dataset="scenes-1obj", steps=result.steps_done, recipe=recipe, stats=stats)
+    return projector.eval(), vlm, stats
+
+
+def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 200, batch_size: int = 8,
+                     lr: float = 1e-3, n_train: int = 600, n_test: int = 100, lm: str = "smollm2-135m",
+                     encoder: str = "vit-s14", max_new_tokens: int = 20, seed: int = 0,
+                     out_dir: str | Path = "artifacts/caption_eval", threads: int | None = None, retrain: bool = False,
+                     log=print):
+    """Train (or load) every connector x mode, caption the held-out scenes greedily, score; returns a DataFrame
+    and writes caption_eval.csv / .md and examples.jsonl to out_dir."""
+    import pandas as pd
+
+    from .data import scene_split
+
+    if threads:
+        torch.set_num_threads(threads)
+    connectors = list(connectors or DEFAULT)
+    unknown = [c for c in connectors if c not in CONNECTORS]
+    if unknown:
+        raise ValueError(f"unknown connectors {unknown}; valid: {', '.join(CONNECTORS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = scene_split(n_train, n_test, seed=seed, objects=1)
+    enc = load_vision_encoder(encoder)
+    cache = FeatureCache()
+    log(f"encoding {len(train)} + {len(test)} scenes with {encoder} (cached after the first run)")
+    raw_tr = cache.tokens(enc, [s.load() for s in train])  # (N, T, D_vis)
+    raw_te = cache.tokens(enc, [s.load() for s in test])
+    captions, truth = [s.caption for s in train], [s.caption for s in test]
+    gen = {"max_new_tokens": max_new_tokens}
+    rows, examples = [], []
+
+    def add(row: dict, said: list[str] | None, loss: float | None = None):
+        scores = score(said, test) if said is not None else best_constant(test)
+        rows.append({**row, "heldout_loss": loss, **scores})
+        if said is not None:
+            examples.append({"row": f"{row['connector']} / {row['mode']}",
+                             "captions": [{"truth": t, "generated": g} for t, g in zip(truth[:6], said[:6])]})
+        log(f"{row['connector']:>28} {row['mode']:>7}: " + " ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+
+    base = build_vlm(lm)  # prefix mode: text-only generation and the untrained connectors
+    try:
+        add({"connector": "best constant caption (prior)", "mode": "-"}, None)
+        with torch.no_grad():
+            add({"connector": "text-only LM", "mode": "-", "tokens": 0}, base.generate(None, **gen) * len(test))
+        for name in connectors:
+            family, tokens, options = CONNECTORS[name]
+            x_tr, x_te = (select_tokens(x, enc.has_cls, tokens) for x in (raw_tr, raw_te))
+            torch.manual_seed(seed)
+            untrained = build_projector(family, token_dim(enc.hidden_size, tokens), base.dim, **options).eval()
+            with torch.no_grad():
+                said = base.generate(untrained(x_te.float()), **gen)
+            add({"connector": f"untrained {name}", "mode": "prefix", "tokens": untrained.num_output_tokens(
+                x_te.shape[1])}, said, held_out_loss(untrained, base, x_te, truth))
+            for mode in modes:
+                log(f"== {name} ({family} {options}, {tokens} tokens), {mode}")
+                recipe = _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder)
+                projector, vlm, stats = _train_or_load(out / f"{name}-{mode}.safetensors", recipe, x_tr, captions,
+                                                       retrain, log)
+                try:
+                    with torch.no_grad():
+                        said = vlm.generate(projector(x_te.float()), **gen)
+                    add({"connector": name, "mode": mode, "tokens": projector.num_output_tokens(x_te.shape[1]),
+                         "steps": steps, **stats}, said, held_out_loss(projector, vlm, x_te, truth))
+                finally:
+                    vlm.close()
+    finally:
+        base.close()
+    table = pd.DataFrame(rows)
+    first = ["connector", "mode", "tokens", "trainable", "steps", "steps_per_s", "loss_first", "loss_last",
+             "heldout_loss", *ATTRS, "all4", "one_object", "distinct"]
+    table = table[[c for c in first if c in table] + [c for c in table if c not in first]]
+    table.to_csv(out / "caption_eval.csv", index=False)
+    (out / "caption_eval.md").write_text(table.to_markdown(index=False, floatfmt=".3f"))
+    (out / "examples.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
+    log(f"held-out N={len(test)} scenes (color+shape pairs never seen in training), {len(train)} training scenes; "
+        f"wrote {out / 'caption_eval.md'}")
+    return table

@@ -14,8 +14,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from vlmviz import explore, plots, session  # noqa: E402
-from vlmviz.config import ExperimentConfig, EncoderConfig, ProjectorConfig, TextConfig, TOKEN_MODES, TrainConfig  # noqa: E402,E501
+from vlmviz import describe, explore, plots, session  # noqa: E402
+from vlmviz.config import (CAPTION_MODES, CAPTION_OPTIONS, CAPTION_TRAIN, CaptionConfig, ExperimentConfig,  # noqa: E402
+                           EncoderConfig, ProjectorConfig, TextConfig, TOKEN_MODES, TrainConfig)
 from vlmviz.data import list_datasets, load_dataset, load_gallery  # noqa: E402
 from vlmviz.encoders import list_vision_encoders  # noqa: E402
 from vlmviz.losses import LOSSES  # noqa: E402
@@ -108,6 +109,11 @@ def nearest_words(image, encoder, text, projector, tokens, checkpoints):
     return rows, note
 
 
+@friendly
+def describe_image(image, projector, mode, checkpoints):
+    return describe.describe_choice(projector, checkpoints, image_path(image), mode)
+
+
 # ---- Map ----------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=8)
 def _dataset(name: str, n: int):
@@ -134,19 +140,23 @@ def make_map(dataset, n, method, per_token, encoder, text, projector, tokens, ch
 
 # ---- Train --------------------------------------------------------------------------------------------------
 def _metrics_table(before, after):
-    keys = ["i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "modality_gap", "alignment", "mutual_knn", "cka"]
+    keys = ["i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "modality_gap", "alignment", "mutual_knn", "cka",
+            "caption_loss"]
     return [[k, round(before[k], 4) if before else None, round(after[k], 4) if after else None] for k in keys
             if (before or after) and k in (before or after)]
 
 
-def train(family, loss, pooling, tokens, steps, lr, batch, dataset, n_train, encoder, text, checkpoints,
-          request: gr.Request, progress=gr.Progress()):
+def train(family, loss, pooling, tokens, steps, lr, batch, dataset, n_train, caption_mode, encoder, text,
+          checkpoints, request: gr.Request, progress=gr.Progress()):
     sid = request.session_hash if request else "local"
+    caption = loss == "caption"
     try:
-        cfg = ExperimentConfig(EncoderConfig(encoder, tokens), TextConfig(text), ProjectorConfig(family),
+        cfg = ExperimentConfig(EncoderConfig(encoder, tokens), TextConfig(text),
+                               ProjectorConfig(family, CAPTION_OPTIONS.get(family, {}) if caption else {}),
                                TrainConfig(loss=loss, pooling=pooling, steps=int(steps), lr=float(lr),
-                                           batch_size=int(batch), eval_every=max(1, int(steps) // 10),
-                                           warmup_steps=min(20, int(steps) // 10)))
+                                           batch_size=int(batch), warmup_steps=min(20, int(steps) // 10),
+                                           eval_every=0 if caption else max(1, int(steps) // 10)),
+                               CaptionConfig(caption_mode))
         out = session.unique_path(session.session_dir(sid), f"{family}-{loss}-{dataset}")
         job = session.start_job(sid, session.TrainJob(cfg, dataset, int(n_train), max(20, int(n_train) // 4), out))
     except ValueError as err:
@@ -167,14 +177,23 @@ def train(family, loss, pooling, tokens, steps, lr, batch, dataset, n_train, enc
     if job.error:
         raise gr.Error(f"training failed: {job.error}", duration=None)
     run = job.result
-    label = f"{family} · {loss} · {dataset} · {run.result.steps_done} steps"
+    objective = f"{loss} ({caption_mode})" if caption else loss
+    label = f"{family} · {objective} · {dataset} · {run.result.steps_done} steps"
     label += " (cancelled)" if run.result.cancelled else ""
     checkpoints = {**checkpoints, label: str(run.checkpoint)}
     done = (f"{'Cancelled' if run.result.cancelled else 'Finished'} after {run.result.steps_done} steps in "
             f"{run.result.seconds:.1f}s on {run.result.device}. Saved as **{label}**: pick it in Inspect, Map or "
-            "Compare, or download it below.")
+            "Compare, or download it below." + (" Caption-trained: **Describe** in Inspect writes what it sees."
+                                                 if caption else ""))
     yield (plots.training_figure(job.history, job.evals), _metrics_table(run.before, run.after), done,
            str(run.checkpoint), gr.update(choices=choices(checkpoints)), checkpoints)
+
+
+def caption_settings(loss):
+    """The caption loss runs every projected token through the frozen LM: token-level, small batches, few steps."""
+    if loss != "caption":
+        return [gr.update()] * 5
+    return ("none", "patch", 30, CAPTION_TRAIN["lr"], CAPTION_TRAIN["batch_size"])
 
 
 def cancel(request: gr.Request):
@@ -241,6 +260,12 @@ def build_demo() -> gr.Blocks:
                     with gr.Row():
                         temperature = gr.Slider(0.005, 1.0, value=0.07, step=0.005, label="Softmax temperature")
                         run = gr.Button("Rank captions", variant="primary", elem_id="rank")
+                    with gr.Row():
+                        describe_mode = gr.Radio(list(describe.MODES), value="greedy", label="Decoding",
+                                                 elem_id="describe-mode")
+                        describe_btn = gr.Button("Describe", elem_id="describe")
+                    description = gr.Textbox(label="What the LM says through a caption-trained connector",
+                                             lines=3, interactive=False, elem_id="description")
                 with gr.Column(scale=6):
                     ranking = gr.Label(num_top_classes=8, label="Captions ranked by cosine (softmax at T)",
                                        elem_id="ranking")
@@ -274,7 +299,7 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Train", id="train"):
             with gr.Row():
                 family = gr.Dropdown(FAMILIES, value="linear", label="Connector family", elem_id="family")
-                loss = gr.Dropdown(list(LOSSES), value="infonce", label="Loss")
+                loss = gr.Dropdown(list(LOSSES) + ["caption"], value="infonce", label="Loss", elem_id="loss")
                 pooling = gr.Dropdown(["mean", "cls", "none"], value="mean", label="Pooling")
                 train_tokens = gr.Dropdown(list(TOKEN_MODES), value="cls+mean", label="Encoder tokens",
                                            elem_id="train-tokens")
@@ -284,6 +309,8 @@ def build_demo() -> gr.Blocks:
                 batch = gr.Slider(8, 256, value=256, step=8, label="Batch")
                 train_data = gr.Dropdown(list_datasets(), value="scenes-1obj", label="Dataset")
                 n_train = gr.Slider(40, 1200, value=600, step=20, label="Training pairs", elem_id="n-train")
+                caption_mode = gr.Dropdown(list(CAPTION_MODES), value="prefix", elem_id="caption-mode",
+                                           label="Caption: visual tokens as LM prefix, or cross-attention")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start-train")
                 stop = gr.Button("Cancel", variant="stop", elem_id="cancel-train")
@@ -324,13 +351,16 @@ def build_demo() -> gr.Blocks:
                   [ranking, scores, shapes, heat_caption], concurrency_limit=4, concurrency_id="inspect",
                   preprocess=False).then(
             nearest_words, [image, *model, checkpoints], [words, words_note], concurrency_limit=4, preprocess=False)
+        describe_btn.click(describe_image, [image, projector, describe_mode, checkpoints], description,
+                           api_name="describe", concurrency_limit=2, concurrency_id="describe", preprocess=False)
         heat_caption.change(heatmap, [image, heat_caption, *model, checkpoints], [heat, heat_note],
                             concurrency_limit=4, preprocess=False)
         map_btn.click(make_map, [dataset, n_points, method, per_token, *model, checkpoints],
                       [map_plot, map_metrics, map_note], concurrency_limit=2)
-        start.click(train, [family, loss, pooling, train_tokens, steps, lr, batch, train_data, n_train, encoder,
-                            text, checkpoints], [curve, before_after, status, download, projector, checkpoints],
-                    concurrency_limit=4)
+        start.click(train, [family, loss, pooling, train_tokens, steps, lr, batch, train_data, n_train, caption_mode,
+                            encoder, text, checkpoints], [curve, before_after, status, download, projector,
+                                                          checkpoints], concurrency_limit=4)
+        loss.change(caption_settings, loss, [pooling, train_tokens, steps, lr, batch])
         stop.click(cancel, None, status)
         checkpoints.change(lambda c: [gr.update(choices=choices(c))] * 2 + [_ck_rows(c)], checkpoints,
                            [proj_a, proj_b, ck_list])

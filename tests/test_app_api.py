@@ -86,3 +86,43 @@ def test_a_slow_umap_does_not_block_inspecting(app_url):
     assert not job.done()  # inspect answered while the UMAP map (numba JIT, first fit) was still running
     fig, metrics, note = job.result(timeout=600)
     assert "UMAP" in note and any(row[0] == "modality_gap" for row in metrics["data"])
+
+
+def test_describe_needs_a_caption_connector_then_describes(app_url, tmp_path):
+    """Untrained or retrieval-trained connectors get the how-to; an uploaded caption checkpoint describes, greedy
+    decoding is repeatable, a bad image gets a message."""
+    import torch
+    from gradio_client import Client, handle_file
+
+    from vlmviz.captioner import build_vlm, save_captioner
+    from vlmviz.checkpoints import save_checkpoint
+    from vlmviz.data import load_gallery
+    from vlmviz.projectors import build_projector
+
+    client = Client(app_url, verbose=False)
+    image = handle_file(str(load_gallery()[0].path))
+    message = client.predict(image, "untrained linear", "greedy", api_name="/describe")
+    assert "untrained connector" in message and "caption objective" in message and "--preset caption-stage1" in message
+    retrieval = save_checkpoint(tmp_path / "ret.safetensors", build_projector("linear", 768, 576), encoder="vit-s14",
+                                tokens="cls+mean", text="smollm2-135m", pooling="mean", loss="infonce")
+    client.predict(handle_file(str(retrieval)), "vit-s14", "smollm2-135m", "patch", api_name="/upload")
+    assert "not trained to caption" in client.predict(image, "uploaded ret", "greedy", api_name="/describe")
+
+    vlm = build_vlm("smollm2-135m")
+    try:
+        torch.manual_seed(0)  # a reproducible untrained connector
+        cap = save_captioner(tmp_path / "cap.safetensors", build_projector("resampler", 384, 576, num_queries=8), vlm,
+                             "smollm2-135m", encoder="vit-s14", tokens="patch", text="smollm2-135m")
+    finally:
+        vlm.close()
+    message, *_ = client.predict(handle_file(str(cap)), "vit-s14", "smollm2-135m", "patch", api_name="/upload")
+    assert "uploaded cap" in message
+    greedy = client.predict(image, "uploaded cap", "greedy", api_name="/describe")
+    assert isinstance(greedy, str) and greedy.strip() and "caption objective" not in greedy
+    assert client.predict(image, "uploaded cap", "greedy", api_name="/describe") == greedy
+    sampled = client.predict(image, "uploaded cap", "sampled", api_name="/describe")
+    assert isinstance(sampled, str) and sampled.strip()
+    fake = tmp_path / "fake.png"
+    fake.write_text("I am text")
+    with pytest.raises(Exception, match="not a readable image"):
+        client.predict(handle_file(str(fake)), "uploaded cap", "greedy", api_name="/describe")

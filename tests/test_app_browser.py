@@ -122,6 +122,33 @@ def test_train_shows_a_live_curve_cancels_and_downloads(page, artifacts):
     pg.screenshot(path=str(artifacts / "tab-train.png"), full_page=True)
 
 
+def test_describe_says_what_it_needs_then_a_caption_trained_connector_describes(page, artifacts):
+    """Describe with the untrained connector explains how to get a captioner; a few caption steps in the Train tab
+    (resampler, 8 queries, through the real SmolLM2) make one, and Describe then writes a caption."""
+    pg = page
+    pg.get_by_role("tab", name="Inspect").click()
+    pg.click("#describe")
+    pg.wait_for_function("document.querySelector('#description textarea').value.includes('caption objective')",
+                         timeout=LONG)
+    pg.get_by_role("tab", name="Train").click()
+    set_dropdown(pg, "family", "resampler")
+    set_dropdown(pg, "loss", "caption")  # sets pooling none, patch tokens, batch 8, 30 steps
+    pg.wait_for_function("document.querySelector('#steps input[type=number]').value === '30'", timeout=LONG)
+    set_slider(pg, "steps", 10)
+    set_slider(pg, "n-train", 60)  # the scenes the previous test encoded: cache hits
+    pg.click("#start-train")
+    pg.wait_for_selector("#train-curve .js-plotly-plot", timeout=LONG)
+    pg.wait_for_function("document.querySelector('#train-status').innerText.includes('Finished')", timeout=LONG)
+    assert "caption_loss" in pg.locator("#before-after").inner_text()
+    pg.get_by_role("tab", name="Inspect").click()
+    set_dropdown(pg, "projector", "caption (prefix)")
+    pg.click("#describe")
+    pg.wait_for_function("(v => v && !v.includes('caption objective'))"
+                         "(document.querySelector('#description textarea').value)", timeout=LONG)
+    assert pg.locator("#description textarea").input_value().strip()
+    pg.screenshot(path=str(artifacts / "tab-inspect-describe.png"), full_page=True)
+
+
 def test_compare_and_checkpoint_upload(page, artifacts, tmp_path):
     pg = page
     pg.get_by_role("tab", name="Compare").click()

@@ -1,0 +1,64 @@
+"""Describe an image with the app's chosen connector: the UI-agnostic side of the Inspect tab's Describe button.
+
+Only a connector trained with the caption objective can describe; for anything else the answer says so and how to
+make one. Captioners are cached per checkpoint file (path + modification time), a few at a time; one that falls out
+of the cache takes its cross-attention hooks off the shared LM.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from .captioner import Captioner, load_captioner
+from .checkpoints import read_config
+
+HOW_TO = ("Describing needs a connector trained with the caption objective (LLaVA stage 1: the connector learns "
+          "through the frozen SmolLM2's next-token loss). Make one in the Train tab: loss 'caption' (pooling 'none', "
+          "a resampler or pixel_shuffle on 'patch' tokens, a few dozen steps), then pick it in the Connector menu "
+          "above. Or on the command line: python -m vlmviz train --preset caption-stage1 --out captioner.safetensors, "
+          "and add the file in the Checkpoints tab.")
+MODES = ("greedy", "sampled")
+
+_CAPTIONERS: "OrderedDict[tuple, Captioner]" = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def get_captioner(path: str | Path, keep: int = 3) -> Captioner:
+    path = Path(path)
+    key = (str(path), path.stat().st_mtime_ns)
+    with _LOCK:
+        if key in _CAPTIONERS:
+            _CAPTIONERS.move_to_end(key)
+            return _CAPTIONERS[key]
+    captioner = load_captioner(path)
+    with _LOCK:
+        _CAPTIONERS[key] = captioner
+        while len(_CAPTIONERS) > keep:
+            _CAPTIONERS.popitem(last=False)[1].close()
+    return captioner
+
+
+def caption_checkpoint(choice: str, checkpoints: dict) -> str | None:
+    """The checkpoint path behind the app's connector choice when it was trained with the caption loss."""
+    path = checkpoints.get(choice)
+    if path is None:
+        return None
+    return path if read_config(path).get("loss") == "caption" else None
+
+
+def describe_choice(choice: str, checkpoints: dict, image, mode: str = "greedy", seed: int = 0,
+                    max_new_tokens: int = 32) -> str:
+    """A caption of `image` by the chosen connector, or the explanation of what is needed."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    path = caption_checkpoint(choice, checkpoints)
+    if path is None:
+        what = (f"{choice!r}, which was not trained to caption" if choice in checkpoints
+                else "an untrained connector")
+        return f"Cannot describe with {what}. {HOW_TO}"
+    if image is None:
+        raise ValueError("no image: upload one or pick one from the gallery")
+    captioner = get_captioner(path)
+    sample = mode == "sampled"
+    return captioner.describe([image], max_new_tokens=max_new_tokens, sample=sample, seed=seed)[0]

@@ -20,6 +20,7 @@ _EXPORTS = {
     "save_checkpoint": "checkpoints", "load_checkpoint": "checkpoints",
     "export_llava": "checkpoints", "import_llava_projector": "checkpoints",
     "FeatureCache": "features",
+    "Captioner": "captioner", "load_captioner": "captioner", "save_captioner": "captioner",
     "EncoderConfig": "config", "TextConfig": "config", "ProjectorConfig": "config", "TrainConfig": "config",
     "ExperimentConfig": "config", "PRESETS": "config", "preset": "config",
     "load_gallery": "data", "load_dataset": "data", "scene_split": "data",

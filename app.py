@@ -80,9 +80,13 @@ def inspect(image, captions, encoder, text, projector, tokens, temperature, chec
     pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
     rows = pipe.rank_captions(image, captions, temperature)
     label = {r["caption"]: r["prob"] for r in rows}
-    table = [[i + 1, r["caption"], round(r["cosine"], 4), round(r["prob"], 4)] for i, r in enumerate(rows)]
+    table = [[i + 1, r["caption"], round(r["cosine"], 4), round(r["prob"], 4),
+              ", ".join(f"#{j}" for j in r["collides_with"])] for i, r in enumerate(rows)]
     caps = [r["caption"] for r in rows]
-    return label, table, pipe.describe(), gr.update(choices=caps, value=caps[0])
+    colliding = sum(bool(r["collides_with"]) for r in rows)
+    shapes = {**pipe.describe(), "colliding_captions": f"{colliding} of {len(rows)} captions share a vector with "
+              f"another in {pipe.text.name} (cosine > 0.999): no connector can rank them apart"}
+    return label, table, shapes, gr.update(choices=caps, value=caps[0])
 
 
 @friendly
@@ -269,7 +273,8 @@ def build_demo() -> gr.Blocks:
                 with gr.Column(scale=6):
                     ranking = gr.Label(num_top_classes=8, label="Captions ranked by cosine (softmax at T)",
                                        elem_id="ranking")
-                    scores = gr.Dataframe(headers=["rank", "caption", "cosine", "softmax"], label="Scores",
+                    scores = gr.Dataframe(headers=["rank", "caption", "cosine", "softmax", "same vector as"],
+                                          label="Scores",
                                           elem_id="scores", wrap=True)
             with gr.Row():
                 with gr.Column():

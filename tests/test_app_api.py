@@ -21,6 +21,23 @@ def test_inspect_ranks_the_true_caption_of_a_gallery_image(client):
     assert {c["label"] for c in label["confidences"]} == {item.caption, *item.distractors}
     assert shapes["encoder_tokens"] == [257, 384] and shapes["projected_tokens"] == [257, 576]
     assert abs(sum(c["confidence"] for c in label["confidences"]) - 1) < 1e-3
+    assert shapes["colliding_captions"].startswith("0 of")
+
+
+def test_inspect_names_captions_the_text_space_cannot_tell_apart(client):
+    """In the SmolLM2 token-mean space (a bag of words) an attribute swap is the same vector: the app says so."""
+    from gradio_client import handle_file
+
+    from vlmviz.data import load_gallery
+
+    swap = "a red circle left of a blue square\na blue circle left of a red square\na photo of a cat"
+    _, table, shapes, _ = client.predict(handle_file(str(load_gallery()[0].path)), swap, "vit-s14", "smollm2-135m",
+                                         "untrained linear", "all", 0.07, api_name="/inspect")
+    assert shapes["colliding_captions"].startswith("2 of 3")
+    marks = {row[1]: row[4] for row in table["data"]}
+    assert marks["a photo of a cat"] == ""
+    rank = {row[1]: row[0] for row in table["data"]}
+    assert marks["a red circle left of a blue square"] == f"#{rank['a blue circle left of a red square']}"
 
 
 def test_bad_requests_get_messages_and_the_next_one_works(client, tmp_path):

@@ -1,4 +1,5 @@
 """The command line end to end on real bundled models, and data-parallel training through torchrun (gloo, CPU)."""
+import json
 import os
 import subprocess
 import sys
@@ -36,7 +37,11 @@ def test_embed_train_eval_export_import(tmp_path):
     ck = tmp_path / "p.safetensors"
     out = vlmviz("train", *SMALL, "--out", str(ck)).stdout
     assert "checkpoint:" in out and ck.exists() and "i2t_R@1" in out
-    assert '"i2t_R@1"' in vlmviz("eval", str(ck), "--n-train", "32", "--n-test", "8").stdout
+    report = json.loads(vlmviz("eval", str(ck), "--n-train", "32", "--n-test", "8").stdout)
+    assert report["closed_set"]["N"] == 8
+    opened = report["open_set"]  # every seen and held-out caption plus each test caption's swapped twin competes
+    assert opened["N_test"] == 8 and opened["candidates"] > 8 and 0.0 <= opened["swap_acc"] <= 1.0
+    assert {"acc_color", "acc_shape", "acc_position", "colliding_captions"} <= opened.keys()
     bin_path = tmp_path / "mm_projector.bin"
     vlmviz("export", str(ck), "--out", str(bin_path))
     assert "model.mm_projector.weight" in torch.load(bin_path, weights_only=True)

@@ -131,9 +131,20 @@ def cmd_eval(args):
     enc, txt = load_vision_encoder(cfg.encoder.name), load_text_space(cfg.text.name)
     projector, _ = load_checkpoint(args.checkpoint, token_dim(enc.hidden_size, cfg.encoder.tokens), txt.dim,
                                    cfg.encoder.name, cfg.text.name)
-    _, test = load_split(args.dataset or ck.get("dataset", "scenes-1obj"), args.n_train, args.n_test, args.seed)
+    dataset = args.dataset or ck.get("dataset", "scenes-1obj")
+    train, test = load_split(dataset, args.n_train, args.n_test, args.seed)
     feats = featurize(cfg, test, progress=_tqdm_progress("encoding"))
-    report = evaluate(projector, feats.tokens, feats.text, ck.get("pooling", "mean"))
+    pooling = ck.get("pooling", "mean")
+    report = {"closed_set": evaluate(projector, feats.tokens, feats.text, pooling)}
+    from .data import SCENES
+
+    if dataset in SCENES:  # open set: seen captions, held-out captions and every hard-negative twin as candidates
+        from .openset import candidate_set, open_set_report
+        from .train import embed
+
+        captions, metas = candidate_set(train, test)
+        report["open_set"] = open_set_report(embed(projector, feats.tokens, pooling), test, captions, metas,
+                                             txt.encode)
     print(json.dumps(report, indent=2))
 
 

@@ -62,6 +62,9 @@ class _TokenLRU:
 _TOKENS = _TokenLRU()
 
 
+POOLED_VIEWS = ("cls", "mean", "cls+mean", "mean+max", "cls+mean+max")  # one pooled token: no spatial grid
+
+
 @dataclass
 class Pipeline:
     encoder: object  # VisionEncoder
@@ -124,16 +127,23 @@ class Pipeline:
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         img = pool_tokens(self.project(self.image_tokens(image)), self._vector_pooling)  # (1, D_txt)
-        sims = F.cosine_similarity(img, self.text.encode(captions), dim=-1)  # (T,)
+        txt = self.text.encode(captions)  # (T, D_txt)
+        sims = F.cosine_similarity(img, txt, dim=-1)  # (T,)
         probs = (sims / temperature).softmax(0)
         order = sims.argsort(descending=True).tolist()
-        return [{"caption": captions[i], "cosine": float(sims[i]), "prob": float(probs[i])} for i in order]
+        # captions the text space cannot tell apart (cosine > 0.999, e.g. word-order swaps in a bag of words)
+        unit = F.normalize(txt.double(), dim=-1)
+        same = (unit @ unit.T) > 1 - 1e-3  # (T, T)
+        rank_of = {i: r for r, i in enumerate(order)}
+        return [{"caption": captions[i], "cosine": float(sims[i]), "prob": float(probs[i]),
+                 "collides_with": sorted(rank_of[j] + 1 for j in same[i].nonzero().flatten().tolist() if j != i)}
+                for i in order]
 
     # ---- looking inside -----------------------------------------------------------------------------------
     def output_grid(self, num_selected: int) -> tuple[int, int, int] | None:
         """(h, w, offset) when projected tokens keep a spatial grid (offset 1 skips a CLS token); None for
         learned-query connectors, whose outputs are not tied to places."""
-        if hasattr(self.projector, "queries") or self.tokens in ("cls", "mean", "cls+mean", "mean+max", "cls+mean+max"):
+        if hasattr(self.projector, "queries") or self.tokens in POOLED_VIEWS:
             return None
         m = self.projector.num_output_tokens(num_selected)
         for offset in (0, 1):

@@ -20,7 +20,8 @@ __all__ = ["Sample", "LoadResult", "Problem", "GalleryItem", "load_gallery", "ma
 # synthetic scene sets: name -> scene_split / make_scenes keywords
 SCENES = {"scenes-1obj": {"objects": 1}, "scenes-2obj": {"objects": 2}, "scenes-3obj": {"objects": 3},
           "scenes-count": {"objects": 1, "counts": True},
-          "scenes-2obj-rel": {"objects": 2, "holdout": "relation"}, "scenes-3obj-rel": {"objects": 3, "holdout": "relation"}}
+          "scenes-2obj-rel": {"objects": 2, "holdout": "relation"},
+          "scenes-3obj-rel": {"objects": 3, "holdout": "relation"}}
 DATASETS = ("gallery", *SCENES, "digits")
 
 

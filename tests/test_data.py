@@ -117,21 +117,48 @@ def test_relation_holdout_keeps_every_shape_and_relation_in_training():
 
     train, test = scene_split(300, 60, seed=0, objects=2, holdout="relation")
     held = held_out_relations(0)
-    seen = {(s.meta["shape"], s.meta["relation"]) for s in train}
-    assert seen.isdisjoint(held)  # no held-out (shape, relation) pairing is ever trained on
-    assert {(s.meta["shape"], s.meta["relation"]) for s in test} <= held
+
+    def facts(s):  # "a circle left of a square" is also "a square right of a circle"
+        m = s.meta
+        return {(m["shape"], m["relation"]), (m["shape2"], INVERSE[m["relation"]])}
+
+    seen = set().union(*map(facts, train))
+    assert seen.isdisjoint(held)  # no held-out (shape, relation) pairing is trained on, in either phrasing
+    assert all(facts(s) & held for s in test)
     assert {sh for sh, _ in seen} == set(SHAPES) and {r for _, r in seen} == set(RELATIONS)
-    for s in test:  # the role twin reverses the relation and nothing else
-        relation = s.meta["relation"]
-        assert s.meta["swapped_role"] == s.meta["canonical"].replace(relation, INVERSE[relation])
+
+
+def test_relation_facts_are_stated_canonically():
+    """A converse phrasing is the same fact: its meta and canonical caption match; the role twin reverses the
+    arrangement, which is a different fact."""
+    from vlmviz.data.scenes import INVERSE, canonical_order
+
+    assert canonical_order([("blue", "square"), ("red", "circle")], "right of") == (
+        [("red", "circle"), ("blue", "square")], "left of")
+    converse = 0
+    for s in make_scenes(40, seed=5, objects=2):
+        m = s.meta
+        assert m["relation"] in ("left of", "above")
+        first, second = f"{m['color']} {m['shape']}", f"{m['color2']} {m['shape2']}"
+        if INVERSE[m["relation"]] in s.caption:  # drawn as "B right of A": A is named last
+            converse += 1
+            assert s.caption.index(second) < s.caption.index(first)
+        else:
+            assert s.caption.index(first) < s.caption.index(second)
+        assert m["canonical"].endswith(f"{first} {m['relation']} a {second}".replace("a o", "an o"))
+        assert m["swapped_role"].endswith(f"{second} {m['relation']} a {first}".replace("a o", "an o"))
+    assert 5 < converse < 35  # both phrasings occur
 
 
 def test_three_object_and_counted_scenes_state_what_they_draw():
     import numpy as np
 
+    from vlmviz.data.scenes import INVERSE
+
     for s in make_scenes(12, seed=2, objects=3):
         m = s.meta
-        assert len({m["color"], m["color2"], m["color3"]}) >= 2 and m["relation"] in s.caption
+        assert len({m["color"], m["color2"], m["color3"]}) >= 2 and m["relation"] in ("left of", "above")
+        assert m["relation"] in s.caption or INVERSE[m["relation"]] in s.caption
         assert m["canonical"].count(m["relation"]) == 2  # a row or a column read first to last
         assert m["swapped"] != m["canonical"] and m["swapped_role"] != m["canonical"]
     counted = make_scenes(30, seed=1, counts=True)

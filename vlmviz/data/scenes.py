@@ -7,8 +7,10 @@ put three in a row or a column ("a red circle left of a blue square left of a gr
 training, but never the held-out pairings, so the test measures composition, not memory. holdout="relation" holds
 out (shape, relation) pairings instead: a circle is never "above" anything in training, though circles and "above"
 both are. Each sample carries hard negatives in its meta: `swapped` (colors swapped between the objects, or for one
-object another color with the same shape), for two and three objects `swapped_role` (the relation reversed), and
-for counted scenes `swapped_count` (another count).
+object another color with the same shape), for two and three objects `swapped_role` (the arrangement reversed), and
+for counted scenes `swapped_count` (another count). The meta states facts canonically: 'a blue square right of a red
+circle' is stored as 'a red circle left of a blue square' (canonical_order), so a converse phrasing is never scored
+as a different caption; the caption itself keeps the phrasing that was drawn.
 """
 from __future__ import annotations
 
@@ -44,6 +46,33 @@ TWO_TEMPLATES = ("a {color} {shape} {relation} a {color2} {shape2}",
 
 def _articles(text: str) -> str:
     return re.sub(r"\ba (?=[aeiou])", "an ", text)
+
+
+def canonical_order(objs: list[tuple[str, str]], relation: str) -> tuple[list[tuple[str, str]], str]:
+    """'a blue square right of a red circle' states the same fact as 'a red circle left of a blue square': facts are
+    compared in one direction, 'left of' or 'above', read first to last."""
+    if relation in ("right of", "below"):
+        return list(reversed(objs)), INVERSE[relation]
+    return list(objs), relation
+
+
+def _statement(template: str, objs: list[tuple[str, str]], relation: str) -> tuple[str, dict]:
+    objs, relation = canonical_order(objs, relation)
+    fields = {"relation": relation}
+    for i, (color, shape) in enumerate(objs):
+        suffix = str(i + 1) if i else ""
+        fields.update({f"color{suffix}": color, f"shape{suffix}": shape})
+    return _articles(template.format(**fields)), fields
+
+
+def _relation_meta(template: str, objs: list[tuple[str, str]], relation: str) -> dict:
+    """Attributes of the canonical statement (so evaluation compares facts, not phrasings) and its hard negatives:
+    the first two objects' colors exchanged, and the objects' arrangement reversed (role swap)."""
+    canonical, fields = _statement(template, objs, relation)
+    (c1, s1), (c2, s2) = objs[:2]
+    swapped = [(c2, s1), (c1, s2), *objs[2:]]
+    return {**fields, "canonical": canonical, "swapped": _statement(template, swapped, relation)[0],
+            "swapped_role": _statement(template, objs, INVERSE[relation])[0]}
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -117,13 +146,9 @@ def _three(rng: random.Random, objs: list[tuple[str, str]], relation: str, index
     points = [(start[0] + (end[0] - start[0]) * t * 1.2 - (end[0] - start[0]) * 0.1,
                start[1] + (end[1] - start[1]) * t * 1.2 - (end[1] - start[1]) * 0.1) for t in (0.0, 0.5, 1.0)]
     drawn = [{"color": c, "shape": sh, "r": r, "cx": x + j(), "cy": y + j()} for (c, sh), (x, y) in zip(objs, points)]
+    meta = _relation_meta(THREE_TEMPLATES[0], objs, relation)
     (c1, s1), (c2, s2), (c3, s3) = objs
     fields = {"color": c1, "shape": s1, "color2": c2, "shape2": s2, "color3": c3, "shape3": s3, "relation": relation}
-    canonical = THREE_TEMPLATES[0]
-    meta = {"color": c1, "shape": s1, "color2": c2, "shape2": s2, "color3": c3, "shape3": s3, "relation": relation,
-            "canonical": _articles(canonical.format(**fields)),
-            "swapped": _articles(canonical.format(**{**fields, "color": c2, "color2": c1})),
-            "swapped_role": _articles(canonical.format(**{**fields, "relation": INVERSE[relation]}))}
     caption = _articles(rng.choice(THREE_TEMPLATES).format(**fields))
     return Sample(draw_scene(drawn, image_size, seed=rng.randrange(1 << 30)), caption, meta, f"scene3-{index}")
 
@@ -136,14 +161,9 @@ def _two(rng: random.Random, a: tuple[str, str], b: tuple[str, str], index: int,
     j = lambda: rng.uniform(-0.03, 0.03)  # noqa: E731
     objects = [{"color": a[0], "shape": a[1], "r": r, "cx": ax + j(), "cy": ay + j()},
                {"color": b[0], "shape": b[1], "r": r, "cx": bx + j(), "cy": by + j()}]
-    template = rng.choice(TWO_TEMPLATES)
     fields = {"color": a[0], "shape": a[1], "relation": relation, "color2": b[0], "shape2": b[1]}
-    caption = _articles(template.format(**fields))
-    canonical = TWO_TEMPLATES[0]  # evaluation compares facts, not which template phrased them
-    meta = {"color": a[0], "shape": a[1], "color2": b[0], "shape2": b[1], "relation": relation,
-            "canonical": _articles(canonical.format(**fields)),
-            "swapped": _articles(canonical.format(**{**fields, "color": b[0], "color2": a[0]})),  # colors moved
-            "swapped_role": _articles(canonical.format(**{**fields, "relation": INVERSE[relation]}))}
+    caption = _articles(rng.choice(TWO_TEMPLATES).format(**fields))
+    meta = _relation_meta(TWO_TEMPLATES[0], [a, b], relation)
     return Sample(draw_scene(objects, image_size, seed=rng.randrange(1 << 30)), caption, meta, f"scene2-{index}")
 
 
@@ -153,13 +173,19 @@ def _combos(held: set, train: bool) -> list[tuple[str, str]]:
 
 
 def held_out_relations(seed: int = 0) -> set[tuple[str, str]]:
-    """One held-out relation per shape of the first-named object, rotating so every relation stays in training."""
+    """One held-out (shape, relation) per shape, rotating so every relation stays in training. (circle, 'left of')
+    holds out the picture, whichever way it is phrased: 'a circle left of X' and 'X right of a circle' alike."""
     relations = list(RELATIONS)
     return {(shape, relations[(i + seed) % len(relations)]) for i, shape in enumerate(SHAPES)}
 
 
+def _always(shape: str, relation: str) -> bool:
+    return True
+
+
 def _make(n: int, seed: int, objects: int, image_size: int, combos: list, start: int = 0, counts: bool = False,
-          allowed=lambda shape, relation: True) -> list[Sample]:
+          first_ok=_always, last_ok=_always) -> list[Sample]:
+    """first_ok(shape, relation) / last_ok(shape, relation): may the first / last named object have this shape?"""
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -170,11 +196,12 @@ def _make(n: int, seed: int, objects: int, image_size: int, combos: list, start:
         a = rng.choice(combos)
         others = [cs for cs in combos if cs[0] != a[0] and cs[1] != a[1]]
         b = rng.choice(others)
-        relation = rng.choice([r for r in RELATIONS if allowed(a[1], r)])
+        last = b[1] if objects == 2 else None
+        relation = rng.choice([r for r in RELATIONS if first_ok(a[1], r) and (last is None or last_ok(last, r))])
         if objects == 2:
             out.append(_two(rng, a, b, start + i, image_size, relation))
         else:
-            c = rng.choice([cs for cs in others if cs[0] != b[0] and cs[1] != b[1]])
+            c = rng.choice([cs for cs in others if cs[0] != b[0] and cs[1] != b[1] and last_ok(cs[1], relation)])
             out.append(_three(rng, [a, b, c], relation, start + i, image_size))
     return out
 
@@ -199,15 +226,16 @@ def make_scenes(n: int, seed: int = 0, objects: int = 1, image_size: int = 224, 
 def scene_split(n_train: int, n_test: int, seed: int = 0, objects: int = 1, image_size: int = 224,
                 holdout: str = "pair", counts: bool = False) -> tuple[list[Sample], list[Sample]]:
     """holdout 'pair': train on seen (color, shape) combinations, test only on held-out ones (every object).
-    holdout 'relation': all color+shape pairs everywhere, but the first object's (shape, relation) pairing in the
-    test scenes never occurs in training."""
+    holdout 'relation': all color+shape pairs everywhere, but the test scenes' (shape, relation) pairing (a circle
+    left of something, in either phrasing) never occurs in training."""
     _check(objects, holdout, counts)
     if holdout == "relation":
         every = [(c, s) for c in COLORS for s in SHAPES]
         held = held_out_relations(seed)
-        train = _make(n_train, seed, objects, image_size, every, allowed=lambda sh, r: (sh, r) not in held)
+        train = _make(n_train, seed, objects, image_size, every, first_ok=lambda sh, r: (sh, r) not in held,
+                      last_ok=lambda sh, r: (sh, INVERSE[r]) not in held)
         test = _make(n_test, seed + 10_000, objects, image_size, every, start=n_train,
-                     allowed=lambda sh, r: (sh, r) in held)
+                     first_ok=lambda sh, r: (sh, r) in held)
         return train, test
     held = held_out_combos(seed)
     train = _make(n_train, seed, objects, image_size, _combos(held, train=True), counts=counts)

@@ -33,3 +33,25 @@ def test_the_budget_stops_training():
 def test_unknown_family_is_named():
     with pytest.raises(ValueError, match="unknown families"):
         run_ablation("vit-s14", "smollm2-135m", ["transformer9000"], n_train=40, n_test=10, log=lambda *_: None)
+
+
+def test_two_object_scenes_keep_the_grid_and_train_on_canonical_statements():
+    """Relations need where things are (cls+maxgrid) and one phrasing per fact: with captions='auto' the training
+    targets are the canonical statements, with 'drawn' the captions as drawn, some of them converse phrasings."""
+    from vlmviz.ablate import prepare
+    from vlmviz.openset import target_caption
+    from vlmviz.text import load_text_space
+
+    two = run_ablation("vit-s14", "minilm-l6", ["linear"], steps=3, batch_size=16, n_train=40, n_test=10,
+                       dataset="scenes-2obj", log=lambda *_: None)
+    assert two.set_index("connector").loc["linear", "kind"] == "trained (cls+maxgrid)"
+    assert two.set_index("connector").loc["linear", "params"] == 17 * 384 * 384 + 384
+    assert "role_swap_acc" in two and two.role_swap_acc.between(0, 1).all()
+    text = load_text_space("minilm-l6")
+    _, _, auto = prepare("vit-s14", "minilm-l6", n_train=40, n_test=10, dataset="scenes-2obj")
+    _, _, drawn = prepare("vit-s14", "minilm-l6", n_train=40, n_test=10, dataset="scenes-2obj", captions="drawn")
+    assert (auto.text_train - text.encode([target_caption(s) for s in auto.train])).abs().max() < 1e-5
+    assert (drawn.text_train - text.encode([s.caption for s in drawn.train])).abs().max() < 1e-5
+    assert any(s.caption.replace("a photo of ", "") != target_caption(s) for s in auto.train)  # converse phrasings
+    with pytest.raises(ValueError, match="captions must be one of"):
+        prepare("vit-s14", "minilm-l6", n_train=40, n_test=10, dataset="scenes-2obj", captions="mixed")

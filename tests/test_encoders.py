@@ -84,6 +84,23 @@ def test_token_selection():
         select_tokens(x, False, "cls")
     with pytest.raises(ValueError, match="one of all, patch"):
         select_tokens(x, True, "pool")
+    with pytest.raises(ValueError, match="square patch grid of at least 4 x 4"):
+        select_tokens(x, True, "cls+maxgrid")  # a 2x2 grid cannot be pooled to 4x4 cells
+
+
+def test_maxgrid_keeps_where_a_patch_lies():
+    """cls+maxgrid: CLS, then the 16x16 patch grid max-pooled to 4x4 cells in reading order; a bright patch at grid
+    row 13, column 2 shows up in cell (3, 0) and nowhere else."""
+    x = torch.zeros(2, 1 + 256, 3)
+    x[:, 0] = 7.0  # CLS
+    x[0, 1 + 13 * 16 + 2] = torch.tensor([5.0, 1.0, 2.0])
+    view = select_tokens(x, True, "cls+maxgrid")
+    assert view.shape == (2, 1, 17 * 3) == (2, 1, token_dim(3, "cls+maxgrid"))
+    cells = view[:, 0].reshape(2, 17, 3)
+    assert torch.equal(cells[:, 0], x[:, 0])
+    hot = cells[0, 1:].abs().sum(-1).nonzero().flatten().tolist()
+    assert hot == [3 * 4 + 0] and torch.equal(cells[0, 1 + 12], torch.tensor([5.0, 1.0, 2.0]))
+    assert not cells[1, 1:].any()
 
 
 COMMON = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -181,7 +181,7 @@ def cmd_ablate(args):
                                        lr=args.lr, loss=args.loss, n_train=args.n_train, n_test=args.n_test,
                                        dataset=args.dataset, seed=args.seed, seeds=args.seeds,
                                        weight_decay=args.weight_decay, budget_s=args.budget_s,
-                                       false_negatives=not args.keep_false_negatives))
+                                       false_negatives=not args.keep_false_negatives, captions=args.captions))
     table = pd.concat(tables, ignore_index=True)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -315,14 +315,17 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--loss", choices=LOSSES, default="infonce")
     p.add_argument("--dataset", default="scenes-1obj", help="a synthetic scene set: " + ", ".join(SCENES))
-    p.add_argument("--n-train", type=int, default=2000)
+    p.add_argument("--n-train", type=int, default=4000)
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=1, help="train each family with this many seeds; report the mean")
-    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=0.5)
     p.add_argument("--budget-s", type=float, default=300.0, help="training seconds per connector and seed")
     p.add_argument("--keep-false-negatives", action="store_true",
                    help="let scenes stating the same facts be each other's InfoNCE negatives (the plain recipe)")
+    p.add_argument("--captions", choices=("auto", "drawn", "canonical"), default="auto",
+                   help="train on each scene's caption as drawn or on its canonical statement (auto: canonical for "
+                        "scenes with two or three objects, where a converse phrasing states the same fact)")
     p.add_argument("--out-dir", default="artifacts/ablation")
     p.set_defaults(func=cmd_ablate)
 

@@ -5,6 +5,13 @@ Budget: `steps` optimizer steps, cut short at `budget_s` seconds of training per
 CPU-minutes each); `steps_done` in the table says where each one stopped. With several seeds every row is the mean
 over seeds and `*_std` columns give the spread: held-out color accuracy hinges on a handful of unseen (color, shape)
 pairs, so one seed can swing R@1 by 0.2 (BENCHMARKS.md).
+
+Scenes with two or three objects: pooled families read `cls+maxgrid` (CLS plus a 4 x 4 grid of max-pooled
+patches), since one pooled vector cannot say which object is where; and they train on each scene's canonical
+statement ("a red circle left of a blue square", never its converse "a blue square right of a red circle"). The
+text spaces do not know that a converse states the same fact (MiniLM: cosine 0.956 to it, 0.987 to the role-swapped
+caption), so images phrased half one way and half the other are pulled to a point nearer the role swap
+(BENCHMARKS.md, two-object scenes). `captions="drawn"` trains on the phrasing as drawn.
 """
 from __future__ import annotations
 
@@ -15,9 +22,10 @@ import pandas as pd
 import torch
 
 from .config import TrainConfig
+from .data import SCENES
 from .encoders import load_vision_encoder, select_tokens
 from .features import FeatureCache
-from .openset import candidate_set, caption_groups, open_set_report
+from .openset import candidate_set, caption_groups, open_set_report, target_caption
 from .projectors import build_projector
 from .text import load_text_space
 from .train import embed, fit_least_squares, fit_procrustes, train_projector
@@ -45,23 +53,39 @@ class AblationData:
     metas: list
 
 
-def prepare(encoder_name: str, text_name: str, n_train: int = 2000, n_test: int = 200,
-            dataset: str = "scenes-1obj", seed: int = 0, cache: FeatureCache | None = None, progress=None) -> tuple:
+CAPTIONS = ("auto", "drawn", "canonical")
+
+
+def relational(dataset: str) -> bool:
+    return SCENES.get(dataset, {}).get("objects", 1) > 1
+
+
+def prepare(encoder_name: str, text_name: str, n_train: int = 4000, n_test: int = 200,
+            dataset: str = "scenes-1obj", seed: int = 0, cache: FeatureCache | None = None, progress=None,
+            captions: str = "auto") -> tuple:
+    """captions: train on each scene's caption as drawn, or on its canonical statement; auto = canonical for scenes
+    with relations."""
     from .experiment import load_split
 
+    if captions not in CAPTIONS:
+        raise ValueError(f"captions must be one of {', '.join(CAPTIONS)}; got {captions!r}")
+    canonical = captions == "canonical" or (captions == "auto" and relational(dataset))
     encoder, text = load_vision_encoder(encoder_name), load_text_space(text_name)
     train, test = load_split(dataset, n_train, n_test, seed)
     cache = cache or FeatureCache()
     tokens = cache.tokens(encoder, [s.load() for s in train + test], progress=progress)  # (N_all, N, D_vis)
-    captions, metas = candidate_set(train, test)
-    data = AblationData(train, test, tokens[:len(train)], tokens[len(train):],
-                        text.encode([s.caption for s in train]), caption_groups(train), captions, metas)
+    candidates, metas = candidate_set(train, test)
+    targets = [target_caption(s) if canonical else s.caption for s in train]
+    data = AblationData(train, test, tokens[:len(train)], tokens[len(train):], text.encode(targets),
+                        caption_groups(train), candidates, metas)
     return encoder, text, data
 
 
-def token_mode(family: str, has_cls: bool) -> str:
+def token_mode(family: str, has_cls: bool, dataset: str = "scenes-1obj") -> str:
     if family in TOKEN_LEVEL:
         return "patch"
+    if relational(dataset) and has_cls:
+        return "cls+maxgrid"
     return "cls+mean+max" if has_cls else "mean+max"
 
 
@@ -81,11 +105,11 @@ def _mean_rows(rows: list[dict]) -> dict:
 
 def run_ablation(encoder_name: str = "vit-s14", text_name: str = "smollm2-135m", families=None,
                  steps: int = 1000, batch_size: int = 256, lr: float = 1e-2, loss: str = "infonce",
-                 n_train: int = 2000, n_test: int = 200, dataset: str = "scenes-1obj", seed: int = 0,
-                 seeds: int = 1, weight_decay: float = 0.01, budget_s: float = 300.0,
-                 false_negatives: bool = True, log=print) -> pd.DataFrame:
+                 n_train: int = 4000, n_test: int = 200, dataset: str = "scenes-1obj", seed: int = 0,
+                 seeds: int = 1, weight_decay: float = 0.5, budget_s: float = 300.0,
+                 false_negatives: bool = True, captions: str = "auto", log=print) -> pd.DataFrame:
     """Train every family on the same cached features and score each open-set on the held-out test scenes."""
-    encoder, text, data = prepare(encoder_name, text_name, n_train, n_test, dataset, seed)
+    encoder, text, data = prepare(encoder_name, text_name, n_train, n_test, dataset, seed, captions=captions)
     families = list(families or FAMILIES)
     unknown = [f for f in families if f not in FAMILIES and not f.startswith("mlp")]
     if unknown:
@@ -104,7 +128,7 @@ def run_ablation(encoder_name: str = "vit-s14", text_name: str = "smollm2-135m",
             f"({row['train_s']:.1f}s, {row['seeds']} seed(s))")
 
     # training-free baselines on the same pooled view as the pooled families
-    mode = token_mode("linear", encoder.has_cls)
+    mode = token_mode("linear", encoder.has_cls, dataset)
     x_tr = select_tokens(data.tokens_train, encoder.has_cls, mode)[:, 0]  # (N_train, D)
     x_te = select_tokens(data.tokens_test, encoder.has_cls, mode)[:, 0]
     torch.manual_seed(seed)
@@ -121,7 +145,7 @@ def run_ablation(encoder_name: str = "vit-s14", text_name: str = "smollm2-135m",
 
     groups = data.groups if false_negatives else torch.arange(len(data.train))
     for family in families:
-        mode = token_mode(family, encoder.has_cls)
+        mode = token_mode(family, encoder.has_cls, dataset)
         tr = select_tokens(data.tokens_train, encoder.has_cls, mode)
         te = select_tokens(data.tokens_test, encoder.has_cls, mode)
         reports, seconds, done = [], [], []

@@ -4,6 +4,7 @@ Shape legend: B images, N tokens (CLS first when there is one), D hidden width, 
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -82,16 +83,23 @@ class VisionEncoder(nn.Module):
                 f"grid={self.grid}, cls={self.has_cls})")
 
 
+GRID_SIDE = 4  # 'cls+maxgrid': the patch grid max-pooled to GRID_SIDE x GRID_SIDE cells
+
+
 def token_dim(hidden_size: int, mode: str) -> int:
     """Width of the selected tokens: each pooled view concatenated ('cls+mean+max') adds one hidden_size."""
+    if mode == "cls+maxgrid":
+        return hidden_size * (1 + GRID_SIDE * GRID_SIDE)
     return hidden_size * (mode.count("+") + 1)
 
 
 def select_tokens(tokens: torch.Tensor, has_cls: bool, mode: str) -> torch.Tensor:
     """(B, N, D) -> what the projector sees: all (B, N, D), patch (B, N-1, D), cls / mean (B, 1, D),
-    cls+mean (B, 1, 2D), mean+max (B, 1, 2D), cls+mean+max (B, 1, 3D). The pooled views are the strongest inputs for
-    pooled connectors (DESIGN.md); the max over patches keeps what a small object contributes, which the mean
-    dilutes with background (held-out color accuracy, BENCHMARKS.md)."""
+    cls+mean (B, 1, 2D), mean+max (B, 1, 2D), cls+mean+max (B, 1, 3D), cls+maxgrid (B, 1, 17D). The pooled views are
+    the strongest inputs for pooled connectors (DESIGN.md); the max over patches keeps what a small object
+    contributes, which the mean dilutes with background (held-out color accuracy, BENCHMARKS.md). cls+maxgrid keeps
+    where things are: the patch grid max-pooled to 4 x 4 cells, flattened in reading order after the CLS token,
+    which relations between objects need (two-object scenes, BENCHMARKS.md)."""
     if mode not in TOKEN_MODES:
         raise ValueError(f"token selection must be one of {', '.join(TOKEN_MODES)}; got {mode!r}")
     patches = tokens[:, 1:] if has_cls else tokens  # (B, h*w, D)
@@ -108,6 +116,15 @@ def select_tokens(tokens: torch.Tensor, has_cls: bool, mode: str) -> torch.Tenso
                          "use 'mean', 'mean+max', 'patch' or 'all'")
     if mode == "cls":
         return tokens[:, :1]  # (B, 1, D)
+    if mode == "cls+maxgrid":
+        B, N, D = patches.shape
+        side = math.isqrt(N)
+        if side * side != N or side < GRID_SIDE:
+            raise ValueError(f"token selection 'cls+maxgrid' needs a square patch grid of at least {GRID_SIDE} x "
+                             f"{GRID_SIDE}, got {N} patch tokens")
+        grid = patches.transpose(1, 2).reshape(B, D, side, side)
+        cells = torch.nn.functional.adaptive_max_pool2d(grid, GRID_SIDE).flatten(2).transpose(1, 2)  # (B, 16, D)
+        return torch.cat([tokens[:, :1], cells], dim=1).reshape(B, 1, -1)  # (B, 1, 17D)
     views = [tokens[:, :1], patches.mean(1, keepdim=True)]
     if mode == "cls+mean+max":
         views.append(patches.amax(1, keepdim=True))

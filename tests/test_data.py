@@ -174,3 +174,13 @@ def test_three_object_and_counted_scenes_state_what_they_draw():
         assert runs == s.meta["count"], (s.caption, runs)
     with pytest.raises(ValueError, match="holdout"):
         scene_split(10, 5, objects=1, holdout="relation")
+
+
+def test_connectors_train_on_canonical_statements_only_where_a_relation_is_stated():
+    from vlmviz.openset import training_caption
+
+    one = make_scenes(10, seed=2)
+    assert [training_caption(s) for s in one] == [s.caption for s in one]  # templates kept: "a photo of ..."
+    two = make_scenes(30, seed=2, objects=2)
+    assert [training_caption(s) for s in two] == [s.meta["canonical"] for s in two]
+    assert any(s.caption.replace("a photo of ", "") != s.meta["canonical"] for s in two)  # converse phrasings

@@ -25,7 +25,7 @@ from .config import TrainConfig
 from .data import SCENES
 from .encoders import load_vision_encoder, select_tokens
 from .features import FeatureCache
-from .openset import candidate_set, caption_groups, open_set_report, target_caption
+from .openset import candidate_set, caption_groups, open_set_report, target_caption, training_caption
 from .projectors import build_projector
 from .text import load_text_space
 from .train import embed, fit_least_squares, fit_procrustes, train_projector
@@ -64,18 +64,18 @@ def prepare(encoder_name: str, text_name: str, n_train: int = 4000, n_test: int 
             dataset: str = "scenes-1obj", seed: int = 0, cache: FeatureCache | None = None, progress=None,
             captions: str = "auto") -> tuple:
     """captions: train on each scene's caption as drawn, or on its canonical statement; auto = canonical for scenes
-    with relations."""
+    that state a relation (openset.training_caption)."""
     from .experiment import load_split
 
     if captions not in CAPTIONS:
         raise ValueError(f"captions must be one of {', '.join(CAPTIONS)}; got {captions!r}")
-    canonical = captions == "canonical" or (captions == "auto" and relational(dataset))
     encoder, text = load_vision_encoder(encoder_name), load_text_space(text_name)
     train, test = load_split(dataset, n_train, n_test, seed)
     cache = cache or FeatureCache()
     tokens = cache.tokens(encoder, [s.load() for s in train + test], progress=progress)  # (N_all, N, D_vis)
     candidates, metas = candidate_set(train, test)
-    targets = [target_caption(s) if canonical else s.caption for s in train]
+    pick = {"auto": training_caption, "canonical": target_caption, "drawn": lambda s: s.caption}[captions]
+    targets = [pick(s) for s in train]
     data = AblationData(train, test, tokens[:len(train)], tokens[len(train):], text.encode(targets),
                         caption_groups(train), candidates, metas)
     return encoder, text, data

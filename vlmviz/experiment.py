@@ -12,6 +12,7 @@ from .checkpoints import save_checkpoint
 from .config import ExperimentConfig
 from .encoders import load_vision_encoder, select_tokens, token_dim
 from .features import FeatureCache
+from .openset import training_caption
 from .projectors import build_projector
 from .text import load_text_space
 from .train import TrainResult, evaluate, train_projector
@@ -45,7 +46,7 @@ def featurize(cfg: ExperimentConfig, samples: list, cache: FeatureCache | None =
     cache = cache or FeatureCache()
     tokens = cache.tokens(encoder, [s.load() for s in samples], progress=progress)  # (N, T, D_vis)
     return Features(select_tokens(tokens, encoder.has_cls, cfg.encoder.tokens),
-                    text.encode([s.caption for s in samples]))
+                    text.encode([training_caption(s) for s in samples]))
 
 
 @dataclass

@@ -28,6 +28,13 @@ def target_caption(sample) -> str:
     return sample.meta.get("canonical", sample.caption)
 
 
+def training_caption(sample) -> str:
+    """What a connector trains towards: the caption as drawn, except for scenes that state a relation, where the
+    canonical statement is used. The text spaces do not know that 'B right of A' says 'A left of B' (MiniLM puts
+    it nearer the role swap 'B left of A'), so training on both phrasings pulls images towards the wrong fact."""
+    return target_caption(sample) if "relation" in sample.meta else sample.caption
+
+
 def caption_groups(samples: Sequence) -> torch.Tensor:
     """(N,) ids: samples whose canonical captions agree state the same facts, so none is another's negative."""
     ids: dict[str, int] = {}

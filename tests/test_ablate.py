@@ -55,3 +55,31 @@ def test_two_object_scenes_keep_the_grid_and_train_on_canonical_statements():
     assert any(s.caption.replace("a photo of ", "") != target_caption(s) for s in auto.train)  # converse phrasings
     with pytest.raises(ValueError, match="captions must be one of"):
         prepare("vit-s14", "minilm-l6", n_train=40, n_test=10, dataset="scenes-2obj", captions="mixed")
+
+
+def test_hard_negatives_are_each_scenes_own_twins_naming_only_seen_pairs():
+    """NegCLIP-style hard negatives: a scene's color-swapped and role-swapped twins, kept only where every
+    (color, shape) pair they name is seen in training, so held-out pairs never enter training as mere negatives."""
+    from vlmviz.ablate import prepare
+    from vlmviz.data.scenes import held_out_combos
+    from vlmviz.openset import _pairs, hard_negative_captions
+    from vlmviz.text import load_text_space
+
+    _, _, data = prepare("vit-s14", "minilm-l6", n_train=40, n_test=10, dataset="scenes-2obj", hard_negatives=True)
+    rows, mask = hard_negative_captions(data.train)
+    assert data.hard_train.shape == (40, 2, 384) and mask.shape == (40, 2) and mask[:, 0].all()
+    held = held_out_combos(0)
+    for sample, row, keep in zip(data.train, rows, mask):
+        twins = [sample.meta["swapped"], sample.meta["swapped_role"]]
+        used = [c for c, k in zip(row, keep) if k]
+        assert sample.meta["swapped_role"] in used  # same pairs, another arrangement: always safe
+        assert all(not (_pairs(c) & held) for c in used) and set(used) <= set(twins)
+        assert (sample.meta["swapped"] in used) == (not _pairs(sample.meta["swapped"]) & held)
+    assert 0 < mask[:, 1].sum() < 40  # some color swaps name a held-out pair and are left out
+    text = load_text_space("minilm-l6")
+    i = int(mask[:, 1].nonzero()[0])
+    assert (data.hard_train[i] - text.encode(rows[i])).abs().max() < 1e-5
+    assert (data.hard_train[~mask] == 0).all()
+    table = run_ablation("vit-s14", "minilm-l6", ["linear"], steps=3, batch_size=16, n_train=40, n_test=10,
+                         dataset="scenes-2obj", hard_negatives=True, log=lambda *_: None)
+    assert table.set_index("connector").loc["linear", "kind"] == "trained (cls+maxgrid, hard negatives)"

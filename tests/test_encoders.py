@@ -20,6 +20,23 @@ def test_bundled_list_has_vit_first():
     assert list_vision_encoders()[0] == "vit-s14" and "efficientnet-lite0" in list_vision_encoders()
 
 
+def test_a_layer_of_vit_s14_is_its_hidden_state_and_has_its_own_cache_id(cat):
+    base, four, last = (load_vision_encoder(n) for n in ("vit-s14", "vit-s14@4", "vit-s14@-1"))
+    assert "vit-s14@4" in list_vision_encoders()
+    assert four.base is base and four.num_tokens == 257 and four.hidden_size == 384  # weights shared, not reloaded
+    assert len({base.cache_id, four.cache_id, last.cache_id}) == 3  # cached features never mix layers
+    assert load_vision_encoder("vit-s14@12").cache_id == last.cache_id  # -1 and 12 are the same block
+    pixels = base.preprocess([cat])
+    with torch.no_grad():
+        hidden = base.model(pixel_values=pixels, output_hidden_states=True).hidden_states  # 13: embeddings + 12
+    assert torch.equal(four(pixels), hidden[4]) and torch.equal(last(pixels), hidden[12])
+    assert not torch.allclose(four(pixels), base(pixels), atol=1e-2)
+    with pytest.raises(ValueError, match=r"12 blocks: layer must be in -13..12 .* got 13"):
+        load_vision_encoder("vit-s14@13")
+    with pytest.raises(ValueError, match="needs a transformer encoder with hidden states; efficientnet-lite0"):
+        load_vision_encoder("efficientnet-lite0@2")
+
+
 def test_vit_s14_tokens_match_the_onnx_graph(cat):
     from vlmviz.encoders.vit_s14 import check_vit_s14_against_onnx
 
@@ -132,6 +149,19 @@ def test_any_hf_vision_model_from_a_folder(kind, has_cls, tmp_path, cat):
     assert enc.select(tokens, "mean").shape == (2, 1, 32)
 
 
+@pytest.mark.parametrize("kind", ["clip", "siglip", "dinov2", "vit"])
+def test_any_hf_vision_model_at_a_layer(kind, tmp_path):
+    folder = _tiny(kind, tmp_path)
+    whole = load_vision_encoder(str(folder))
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        hidden = whole.model(pixel_values=pixels, output_hidden_states=True).hidden_states
+    for layer in (0, 1, -1):
+        enc = load_vision_encoder(f"{folder}@{layer}")
+        assert enc.name == f"{folder}@{layer}" and enc.grid == whole.grid and enc.has_cls is whole.has_cls
+        assert torch.allclose(enc(pixels), hidden[layer], atol=1e-6)
+
+
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_full_clip_and_siglip_checkpoints_give_their_vision_tower(family, tmp_path):
     import transformers as tf
@@ -196,7 +226,7 @@ def test_local_cache_id_follows_the_weights(tmp_path):
 
 
 def test_unknown_encoder_names_the_bundled_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"not one of \['vit-s14', 'efficientnet-lite0'\]"):
+    with pytest.raises(ValueError, match=r"not one of \['vit-s14', 'efficientnet-lite0', 'vit-s14@4'\]"):
         load_vision_encoder(str(tmp_path / "nothing-here"))
     with pytest.raises(ValueError, match="neither a bundled encoder .* nor a loadable Hugging Face id"):
         load_vision_encoder("vit-s15")

@@ -145,3 +145,37 @@ def test_false_negative_masking_matches_a_loop_reference():
     assert torch.allclose(head(img, txt, torch.arange(6)), head(img, txt), atol=1e-6)  # no shared group: plain
     sig = LossHead("sigmoid")
     assert sig(img, txt, groups) < sig(img, txt)  # masked pairs no longer add their negative term
+
+
+def test_hard_negatives_match_a_loop_reference(pair):
+    """Each image's own K hard negatives join its image->text denominator (InfoNCE) or add K -1 pairs (sigmoid);
+    masked ones count for nothing, so an all-False mask gives the plain loss."""
+    img, txt = pair
+    g = torch.Generator().manual_seed(1)
+    hard = torch.randn(20, 3, 8, generator=g, dtype=torch.float64)
+    mask = torch.rand(20, 3, generator=g) > 0.3
+    t = 1 / 0.07
+    a, b, h = unit(img.numpy()), unit(txt.numpy()), hard.numpy() / np.linalg.norm(hard.numpy(), axis=2, keepdims=True)
+    n = len(a)
+    i2t = -np.mean([t * a[i] @ b[i] - np.log(sum(np.exp(t * a[i] @ b[j]) for j in range(n))
+                                             + sum(np.exp(t * a[i] @ h[i, k]) for k in range(3) if mask[i, k]))
+                    for i in range(n)])
+    t2i = -np.mean([t * a[i] @ b[i] - np.log(sum(np.exp(t * a[j] @ b[i]) for j in range(n))) for i in range(n)])
+    scale = torch.tensor(math.log(t), dtype=torch.float64)
+    assert float(losses.info_nce_loss(img, txt, scale, hard=hard, hard_mask=mask)) == pytest.approx(
+        (i2t + t2i) / 2, rel=1e-9)
+    none = torch.zeros(20, 3, dtype=torch.bool)
+    assert float(losses.info_nce_loss(img, txt, scale, hard=hard, hard_mask=none)) == pytest.approx(
+        float(losses.info_nce_loss(img, txt, scale)), rel=1e-12)
+    st, bias = 10.0, -10.0
+    extra = sum(math.log(1 + math.exp(st * a[i] @ h[i, k] + bias)) for i in range(n) for k in range(3) if mask[i, k])
+    plain = losses.sigmoid_loss(img, txt, torch.tensor(math.log(st), dtype=torch.float64),
+                                torch.tensor(bias, dtype=torch.float64))
+    got = losses.sigmoid_loss(img, txt, torch.tensor(math.log(st), dtype=torch.float64),
+                              torch.tensor(bias, dtype=torch.float64), hard=hard, hard_mask=mask)
+    assert float(got) == pytest.approx(float(plain) + extra / n, rel=1e-9)
+    token_level = img[:, None].expand(20, 4, 8)  # (B, M, D): identical tokens score like the pooled vector
+    assert float(losses.info_nce_loss(token_level, txt, scale, hard=hard, hard_mask=mask)) == pytest.approx(
+        (i2t + t2i) / 2, rel=1e-9)
+    with pytest.raises(ValueError, match="hard negatives need a contrastive loss"):
+        losses.LossHead("cosine")(img, txt, None, hard, mask)

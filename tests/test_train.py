@@ -99,3 +99,29 @@ def test_least_squares_and_procrustes_baselines():
     r = fit_procrustes(x, text)
     assert r.shape == (24, 16)
     assert torch.allclose(r.T @ r, torch.eye(16), atol=1e-4)  # orthonormal columns
+
+
+def test_hard_negatives_are_checked_and_change_training():
+    from vlmviz.config import TrainConfig
+    from vlmviz.projectors import build_projector
+    from vlmviz.train import train_projector
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 1, 8, generator=g), torch.randn(32, 6, generator=g)
+    hard, mask = torch.randn(32, 2, 6, generator=g), torch.ones(32, 2, dtype=torch.bool)
+    cfg = TrainConfig(loss="infonce", steps=5, batch_size=16, lr=1e-2, eval_every=0)
+
+    def weights(**kw):
+        torch.manual_seed(0)
+        proj = build_projector("linear", 8, 6)
+        train_projector(proj, x, y, cfg, **kw)
+        return torch.cat([p.detach().flatten() for p in proj.parameters()])
+
+    plain, pushed = weights(), weights(hard_negatives=hard, hard_mask=mask)
+    assert not torch.allclose(plain, pushed)
+    assert torch.allclose(plain, weights(hard_negatives=hard, hard_mask=torch.zeros(32, 2, dtype=torch.bool)))
+    with pytest.raises(ValueError, match=r"hard_negatives must be \(N, K, 6\) with N = 32"):
+        weights(hard_negatives=hard[:10])
+    with pytest.raises(ValueError, match="hard negatives need loss infonce or sigmoid"):
+        train_projector(build_projector("linear", 8, 6), x, y, TrainConfig(loss="cosine", steps=1),
+                        hard_negatives=hard)

@@ -181,7 +181,8 @@ def cmd_ablate(args):
                                        lr=args.lr, loss=args.loss, n_train=args.n_train, n_test=args.n_test,
                                        dataset=args.dataset, seed=args.seed, seeds=args.seeds,
                                        weight_decay=args.weight_decay, budget_s=args.budget_s,
-                                       false_negatives=not args.keep_false_negatives, captions=args.captions))
+                                       false_negatives=not args.keep_false_negatives, captions=args.captions,
+                                       hard_negatives=args.hard_negatives))
     table = pd.concat(tables, ignore_index=True)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -326,6 +327,9 @@ def main(argv=None) -> int:
     p.add_argument("--captions", choices=("auto", "drawn", "canonical"), default="auto",
                    help="train on each scene's caption as drawn or on its canonical statement (auto: canonical for "
                         "scenes with two or three objects, where a converse phrasing states the same fact)")
+    p.add_argument("--hard-negatives", action="store_true",
+                   help="InfoNCE also pushes each scene from its color- and role-swapped twins (those naming only "
+                        "seen color+shape pairs)")
     p.add_argument("--out-dir", default="artifacts/ablation")
     p.set_defaults(func=cmd_ablate)
 

@@ -25,7 +25,8 @@ from .config import TrainConfig
 from .data import SCENES
 from .encoders import load_vision_encoder, select_tokens
 from .features import FeatureCache
-from .openset import candidate_set, caption_groups, open_set_report, target_caption, training_caption
+from .openset import (candidate_set, caption_groups, hard_negative_captions, open_set_report, target_caption,
+                      training_caption)
 from .projectors import build_projector
 from .text import load_text_space
 from .train import embed, fit_least_squares, fit_procrustes, train_projector
@@ -51,6 +52,8 @@ class AblationData:
     groups: torch.Tensor  # (N_train,) scenes stating the same facts share an id (never each other's negatives)
     captions: list[str]  # open-set candidates
     metas: list
+    hard_train: torch.Tensor | None = None  # (N_train, K, D_txt) each scene's own hard-negative captions
+    hard_mask: torch.Tensor | None = None  # (N_train, K) which of them are real
 
 
 CAPTIONS = ("auto", "drawn", "canonical")
@@ -62,9 +65,10 @@ def relational(dataset: str) -> bool:
 
 def prepare(encoder_name: str, text_name: str, n_train: int = 4000, n_test: int = 200,
             dataset: str = "scenes-1obj", seed: int = 0, cache: FeatureCache | None = None, progress=None,
-            captions: str = "auto") -> tuple:
+            captions: str = "auto", hard_negatives: bool = False) -> tuple:
     """captions: train on each scene's caption as drawn, or on its canonical statement; auto = canonical for scenes
-    that state a relation (openset.training_caption)."""
+    that state a relation (openset.training_caption). hard_negatives: also embed each training scene's twins
+    (openset.hard_negative_captions) for InfoNCE."""
     from .experiment import load_split
 
     if captions not in CAPTIONS:
@@ -78,7 +82,22 @@ def prepare(encoder_name: str, text_name: str, n_train: int = 4000, n_test: int 
     targets = [pick(s) for s in train]
     data = AblationData(train, test, tokens[:len(train)], tokens[len(train):], text.encode(targets),
                         caption_groups(train), candidates, metas)
+    if hard_negatives:
+        data.hard_train, data.hard_mask = embed_hard_negatives(text, train)
     return encoder, text, data
+
+
+def embed_hard_negatives(text, train) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K, D_txt) text vectors of each scene's hard-negative twins (zeros where masked) and the (N, K) mask."""
+    rows, mask = hard_negative_captions(train)
+    unique = sorted({c for row in rows for c in row if c})
+    if not unique:
+        raise ValueError("these training scenes have no usable hard-negative twins (every twin names a held-out "
+                         "pair, or the set states none)")
+    vectors = text.encode(unique)  # (U, D)
+    index = {c: i for i, c in enumerate(unique)}
+    picks = torch.tensor([[index.get(c, 0) for c in row] for row in rows])  # (N, K)
+    return vectors[picks] * mask[..., None], mask
 
 
 def token_mode(family: str, has_cls: bool, dataset: str = "scenes-1obj") -> str:
@@ -107,9 +126,13 @@ def run_ablation(encoder_name: str = "vit-s14", text_name: str = "smollm2-135m",
                  steps: int = 1000, batch_size: int = 256, lr: float = 1e-2, loss: str = "infonce",
                  n_train: int = 4000, n_test: int = 200, dataset: str = "scenes-1obj", seed: int = 0,
                  seeds: int = 1, weight_decay: float = 0.5, budget_s: float = 300.0,
-                 false_negatives: bool = True, captions: str = "auto", log=print) -> pd.DataFrame:
-    """Train every family on the same cached features and score each open-set on the held-out test scenes."""
-    encoder, text, data = prepare(encoder_name, text_name, n_train, n_test, dataset, seed, captions=captions)
+                 false_negatives: bool = True, captions: str = "auto", hard_negatives: bool = False,
+                 log=print) -> pd.DataFrame:
+    """Train every family on the same cached features and score each open-set on the held-out test scenes.
+    hard_negatives: InfoNCE also pushes each scene from its own color- and role-swapped twins (NegCLIP), those
+    that name only seen (color, shape) pairs."""
+    encoder, text, data = prepare(encoder_name, text_name, n_train, n_test, dataset, seed, captions=captions,
+                                  hard_negatives=hard_negatives)
     families = list(families or FAMILIES)
     unknown = [f for f in families if f not in FAMILIES and not f.startswith("mlp")]
     if unknown:
@@ -156,11 +179,12 @@ def run_ablation(encoder_name: str = "vit-s14", text_name: str = "smollm2-135m",
             proj = build_projector(family, tr.shape[-1], text.dim, **FAMILIES.get(family, {}))
             start = time.perf_counter()
             result = train_projector(proj, tr, data.text_train, cfg, groups=groups,
+                                     hard_negatives=data.hard_train, hard_mask=data.hard_mask,
                                      should_stop=lambda: time.perf_counter() - start > budget_s)
             reports.append(score(embed(proj, te, cfg.pooling)))
             seconds.append(result.seconds)
             done.append(result.steps_done)
-        record(family, f"trained ({mode})", reports, proj.num_params, proj.num_output_tokens(tr.shape[1]), seconds,
+        record(family, f"trained ({mode}{', hard negatives' if hard_negatives else ''})", reports, proj.num_params, proj.num_output_tokens(tr.shape[1]), seconds,
                sum(done) / len(done))
     table = pd.DataFrame(rows)
     table.insert(0, "dataset", dataset)

@@ -41,33 +41,58 @@ def false_negatives(groups: torch.Tensor | None, n: int, device) -> torch.Tensor
     return (groups[:, None] == groups[None, :]) & ~torch.eye(n, dtype=torch.bool, device=device)
 
 
+def hard_scores(img: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """Cosine of each image with its own K hard-negative captions: (B, D) or (B, M, D) with (B, K, D) -> (B, K)."""
+    hard = F.normalize(hard, dim=-1)
+    if img.ndim == 3:
+        return torch.einsum("bmd,bkd->bk", F.normalize(img, dim=-1), hard) / img.shape[1]
+    return torch.einsum("bd,bkd->bk", F.normalize(img, dim=-1), hard)
+
+
 def info_nce_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
-                  groups: torch.Tensor | None = None) -> torch.Tensor:
+                  groups: torch.Tensor | None = None, hard: torch.Tensor | None = None,
+                  hard_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE of CLIP (Radford et al. 2021, Fig. 3): cross-entropy over the batch both ways.
 
     `logit_scale` is log(1 / temperature), learned and clamped at log(100) as in CLIP. `groups` (B,) marks pairs
     that state the same facts; they are dropped from each other's negatives (false-negative elimination).
+    `hard` (B, K, D) gives each image K extra negative captions of its own (its caption with colors or roles
+    swapped, as in NegCLIP, Yuksekgonul et al. 2023), added to the image->text side; `hard_mask` (B, K) says which
+    are real (False: padding, left out).
     """
-    logits = logit_scale.clamp(max=math.log(100.0)).exp() * cosine_scores(img, txt)  # (B, B)
+    scale = logit_scale.clamp(max=math.log(100.0)).exp()
+    logits = scale * cosine_scores(img, txt)  # (B, B)
     same = false_negatives(groups, len(img), logits.device)
     if same is not None:
         logits = logits.masked_fill(same, float("-inf"))
     labels = torch.arange(len(img), device=img.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    t2i = F.cross_entropy(logits.T, labels)
+    if hard is not None:
+        extra = scale * hard_scores(img, hard)  # (B, K)
+        if hard_mask is not None:
+            extra = extra.masked_fill(~hard_mask, float("-inf"))
+        logits = torch.cat([logits, extra], dim=1)  # (B, B + K)
+    return 0.5 * (F.cross_entropy(logits, labels) + t2i)
 
 
 def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
-                 logit_bias: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+                 logit_bias: torch.Tensor, groups: torch.Tensor | None = None, hard: torch.Tensor | None = None,
+                 hard_mask: torch.Tensor | None = None) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss (Zhai et al. 2023, Algorithm 1): every pair is a binary problem,
     +1 on the diagonal and -1 elsewhere, summed over pairs and divided by the batch size. Same-group pairs
-    (`groups`) are left out rather than pushed apart."""
+    (`groups`) are left out rather than pushed apart; hard negatives (`hard` (B, K, D)) are K more -1 pairs per
+    image."""
     logits = logit_scale.exp() * cosine_scores(img, txt) + logit_bias  # (B, B)
     signs = 2.0 * torch.eye(len(img), device=img.device, dtype=logits.dtype) - 1.0  # +1 diag, -1 off
     terms = -F.logsigmoid(signs * logits)  # (B, B)
     same = false_negatives(groups, len(img), logits.device)
     if same is not None:
         terms = terms.masked_fill(same, 0.0)
-    return terms.sum() / len(img)
+    total = terms.sum()
+    if hard is not None:
+        extra = -F.logsigmoid(-(logit_scale.exp() * hard_scores(img, hard) + logit_bias))  # (B, K)
+        total = total + (extra if hard_mask is None else extra.masked_fill(~hard_mask, 0.0)).sum()
+    return total / len(img)
 
 
 class LossHead(nn.Module):
@@ -85,12 +110,15 @@ class LossHead(nn.Module):
             self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
             self.logit_bias = nn.Parameter(torch.tensor(-10.0))
 
-    def forward(self, img: torch.Tensor, txt: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, groups: torch.Tensor | None = None,
+                hard: torch.Tensor | None = None, hard_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.kind == "cosine":
+            if hard is not None:
+                raise ValueError("hard negatives need a contrastive loss (infonce or sigmoid); cosine has no negatives")
             return cosine_alignment_loss(img, txt)
         if self.kind == "infonce":
-            return info_nce_loss(img, txt, self.logit_scale, groups)
-        return sigmoid_loss(img, txt, self.logit_scale, self.logit_bias, groups)
+            return info_nce_loss(img, txt, self.logit_scale, groups, hard, hard_mask)
+        return sigmoid_loss(img, txt, self.logit_scale, self.logit_bias, groups, hard, hard_mask)
 
     @property
     def temperature(self) -> float | None:

@@ -84,6 +84,8 @@ def train_projector(
     accelerator=None,
     head: torch.nn.Module | None = None,
     groups: torch.Tensor | None = None,
+    hard_negatives: torch.Tensor | None = None,
+    hard_mask: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train `projector` so that pool(projector(tokens[i])) aligns with text[i].
 
@@ -91,6 +93,8 @@ def train_projector(
     For loss 'caption', `head` is a captioning.CaptionHead over the frozen LM and `text` holds caption indices (N,).
     `groups` (N,) ids pairs that state the same facts (openset.caption_groups); contrastive losses never use one as
     the other's negative. By default pairs with identical caption vectors share a group.
+    `hard_negatives` (N, K, D_txt) gives each pair K negative captions of its own (openset.hard_negative_captions),
+    `hard_mask` (N, K) which of them are real; contrastive losses only.
     With an `accelerate.Accelerator`, each process draws its slice of the same global batch and gradients are
     averaged across processes (DistributedDataParallel), so results match one process with the same global batch.
     """
@@ -111,6 +115,15 @@ def train_projector(
         groups = torch.unique(text, dim=0, return_inverse=True)[1]  # identical captions are never negatives
     if groups is not None and len(groups) != len(tokens):
         raise ValueError(f"groups must give one id per pair: {len(tokens)} pairs, {len(groups)} ids")
+    if hard_negatives is not None:
+        if cfg.loss not in ("infonce", "sigmoid"):
+            raise ValueError(f"hard negatives need loss infonce or sigmoid, not {cfg.loss!r}")
+        if hard_negatives.ndim != 3 or hard_negatives.shape[0] != len(tokens) or \
+                hard_negatives.shape[-1] != text.shape[-1]:
+            raise ValueError(f"hard_negatives must be (N, K, {text.shape[-1]}) with N = {len(tokens)} pairs, got "
+                             f"{tuple(hard_negatives.shape)}")
+        if hard_mask is not None and hard_mask.shape != hard_negatives.shape[:2]:
+            raise ValueError(f"hard_mask must be {tuple(hard_negatives.shape[:2])}, got {tuple(hard_mask.shape)}")
     torch.manual_seed(cfg.seed)
     if cfg.standardize and any(True for _ in projector.parameters()):
         projector.set_input_stats(tokens)
@@ -152,11 +165,15 @@ def train_projector(
         x, y = tokens[idx].to(device).float(), text[idx].to(device)
         y = y if captioning else y.float()
         g = groups[idx] if groups is not None else None
+        hard = None
+        if hard_negatives is not None:
+            hard = (hard_negatives[idx].to(device).float(),
+                    hard_mask[idx].to(device) if hard_mask is not None else None)
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, aux = model(x, y, cfg.pooling, g)
+            loss, aux = model(x, y, cfg.pooling, g, hard)
             total = loss + cfg.aux_loss_weight * aux
         optimizer.zero_grad(set_to_none=True)
         if accelerator is not None:
@@ -187,9 +204,12 @@ class _Trainable(torch.nn.Module):
         super().__init__()
         self.projector, self.head = projector, head
 
-    def forward(self, x, y, pooling, groups=None):
+    def forward(self, x, y, pooling, groups=None, hard=None):
         out = pool_tokens(self.projector(x), pooling)  # (b, D_txt) or (b, M, D_txt)
-        loss = self.head(out.float(), y) if groups is None else self.head(out.float(), y, groups)
+        if hard is not None:
+            loss = self.head(out.float(), y, groups, *hard)
+        else:
+            loss = self.head(out.float(), y) if groups is None else self.head(out.float(), y, groups)
         return loss, self.projector.aux_loss()
 
 

@@ -2,6 +2,7 @@
 
     from vlmviz.encoders import load_vision_encoder
     enc = load_vision_encoder("vit-s14")          # or "efficientnet-lite0", a hub id, a local folder
+    enc = load_vision_encoder("vit-s14@4")        # the same model read after block 4 (encoders/layer.py)
     tokens = enc.encode(images)                   # (B, N, D) float32
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from ..config import TOKEN_MODES
 from .base import VisionEncoder, select_tokens, token_dim
+from .layer import LayerEncoder, split_layer
 
 __all__ = ["VisionEncoder", "list_vision_encoders", "load_vision_encoder", "select_tokens", "token_dim",
            "TOKEN_MODES"]
@@ -29,15 +31,27 @@ def _efficientnet():
 
 
 BUNDLED = {"vit-s14": _vit_s14, "efficientnet-lite0": _efficientnet}
+# offered next to the bundled encoders: ViT-S/14 after block 4 keeps colors that its output blurs (BENCHMARKS.md)
+LAYER_CHOICES = ("vit-s14@4",)
 
 
 def list_vision_encoders() -> list[str]:
-    return list(BUNDLED)
+    return [*BUNDLED, *LAYER_CHOICES]
 
 
 def load_vision_encoder(name_or_path: str, device: str = "cpu") -> VisionEncoder:
-    """A frozen encoder by bundled name, Hugging Face id or local folder; loaded once per (name, device)."""
-    return _load(str(name_or_path), str(device))
+    """A frozen encoder by bundled name, Hugging Face id or local folder; loaded once per (name, device).
+    'NAME@K' reads it after block K (0 the embeddings, negative from the end, as LLaVA's mm_vision_select_layer)."""
+    name_or_path = str(name_or_path)
+    base, layer = split_layer(name_or_path)
+    if layer is not None and not Path(name_or_path).exists():
+        return _layered(base, layer, str(device))
+    return _load(name_or_path, str(device))
+
+
+@functools.cache
+def _layered(base: str, layer: int, device: str) -> VisionEncoder:
+    return LayerEncoder(_load(base, device), layer)
 
 
 @functools.cache

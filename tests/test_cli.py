@@ -53,6 +53,25 @@ def test_embed_train_eval_export_import(tmp_path):
     assert proc.returncode == 2 and "expects D_vis=768" in proc.stderr
 
 
+def test_train_at_a_layer_with_hard_negatives_and_eval_the_checkpoint(tmp_path):
+    """The frontier recipe from the command line: ViT-S/14 read after block 4, the 4 x 4 max grid, hard negatives,
+    weight decay; the checkpoint records all of it and eval reads the encoder at the recorded layer."""
+    from vlmviz.checkpoints import load_checkpoint
+
+    ck = tmp_path / "two.safetensors"
+    args = ["--dataset", "scenes-2obj", "--n-train", "40", "--n-test", "8", "--encoder", "vit-s14@4", "--tokens",
+            "cls+maxgrid", "--text", "minilm-l6", "--projector", "lowrank", "--option", "rank=8", "--steps", "4",
+            "--batch-size", "16", "--eval-every", "0", "--weight-decay", "0.5"]
+    vlmviz("train", *args, "--hard-negatives", "--out", str(ck))
+    _, config = load_checkpoint(ck)
+    assert config["encoder"] == "vit-s14@4" and config["config"]["train"]["hard_negatives"] is True
+    assert config["config"]["train"]["weight_decay"] == 0.5
+    report = json.loads(vlmviz("eval", str(ck), "--n-train", "40", "--n-test", "8").stdout)
+    assert report["open_set"]["N_test"] == 8 and "role_swap_acc" in report["open_set"]
+    proc = vlmviz("train", *args, "--loss", "cosine", "--hard-negatives", check=False)
+    assert proc.returncode == 2 and "hard negatives need loss infonce or sigmoid" in proc.stderr
+
+
 def test_two_gloo_processes_match_one_process(tmp_path):
     """Same global batch: 2 processes x 4 images (gradients averaged by DDP) equal 1 process x 8 images."""
     vlmviz("embed", "--dataset", "scenes-1obj", "--n-train", "32", "--n-test", "8")  # both ranks hit the cache

@@ -67,7 +67,9 @@ def _experiment(args) -> ExperimentConfig:
     if args.text: cfg.text = TextConfig(args.text)  # noqa: E701
     if args.projector: cfg.projector = ProjectorConfig(args.projector, _options(args.option))  # noqa: E701
     overrides = {k: getattr(args, k) for k in ("loss", "pooling", "steps", "lr", "batch_size", "seed", "device",
-                                                "eval_every", "warmup_steps") if getattr(args, k) is not None}
+                                                "eval_every", "warmup_steps", "weight_decay") if getattr(args, k) is not None}
+    if args.hard_negatives:
+        overrides["hard_negatives"] = True
     base = cfg.train.__dict__
     if overrides.get("loss") == "caption" and base["loss"] != "caption":  # retrieval defaults would crawl
         base = {**base, **CAPTION_TRAIN}
@@ -244,6 +246,10 @@ def _add_train_args(p):
     p.add_argument("--loss", choices=LOSSES + ("caption",),
                    help="caption = LLaVA stage 1 through the frozen LM named by --text (needs --pooling none)")
     p.add_argument("--pooling", choices=POOLINGS)
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay of the projector (default 0.01)")
+    p.add_argument("--hard-negatives", action="store_true",
+                   help="scene sets: contrast each image with its own color- and role-swapped captions too "
+                        "(those naming only seen color+shape pairs); infonce or sigmoid")
     p.add_argument("--steps", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)

@@ -25,7 +25,7 @@ from .config import TrainConfig
 from .data import SCENES
 from .encoders import load_vision_encoder, select_tokens
 from .features import FeatureCache
-from .openset import (candidate_set, caption_groups, hard_negative_captions, open_set_report, target_caption,
+from .openset import (candidate_set, caption_groups, embed_hard_negatives, open_set_report, target_caption,
                       training_caption)
 from .projectors import build_projector
 from .text import load_text_space
@@ -86,18 +86,6 @@ def prepare(encoder_name: str, text_name: str, n_train: int = 4000, n_test: int 
         data.hard_train, data.hard_mask = embed_hard_negatives(text, train)
     return encoder, text, data
 
-
-def embed_hard_negatives(text, train) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K, D_txt) text vectors of each scene's hard-negative twins (zeros where masked) and the (N, K) mask."""
-    rows, mask = hard_negative_captions(train)
-    unique = sorted({c for row in rows for c in row if c})
-    if not unique:
-        raise ValueError("these training scenes have no usable hard-negative twins (every twin names a held-out "
-                         "pair, or the set states none)")
-    vectors = text.encode(unique)  # (U, D)
-    index = {c: i for i, c in enumerate(unique)}
-    picks = torch.tensor([[index.get(c, 0) for c in row] for row in rows])  # (N, K)
-    return vectors[picks] * mask[..., None], mask
 
 
 def token_mode(family: str, has_cls: bool, dataset: str = "scenes-1obj") -> str:

@@ -61,6 +61,7 @@ class TrainConfig:
     eval_every: int = 50
     aux_loss_weight: float = 0.01  # MoE load balancing, as in Switch Transformer
     standardize: bool = True  # set the projector's frozen input mean/std from the training features
+    hard_negatives: bool = False  # scenes: also contrast each pair with its own color/role-swapped twins (NegCLIP)
 
     def __post_init__(self):
         from .losses import LOSSES
@@ -69,6 +70,8 @@ class TrainConfig:
         if self.loss == "caption" and self.pooling != "none":
             raise ValueError("the caption loss feeds every projected token to the LM: use pooling 'none'")
         _check(self.pooling, POOLINGS, "pooling")
+        if self.hard_negatives and self.loss not in ("infonce", "sigmoid"):
+            raise ValueError(f"hard negatives need loss infonce or sigmoid, not {self.loss!r}")
         _check(self.device, DEVICES, "device")
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:

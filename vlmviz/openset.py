@@ -68,6 +68,19 @@ def hard_negative_captions(train: Sequence) -> tuple[list[list[str]], torch.Tens
     return [r + [""] * (k - len(r)) for r in rows], mask
 
 
+def embed_hard_negatives(text, train: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K, D_txt) text vectors of each scene's hard-negative twins (zeros where masked) and the (N, K) mask."""
+    rows, mask = hard_negative_captions(train)
+    unique = sorted({c for row in rows for c in row if c})
+    if not unique:
+        raise ValueError("hard negatives are the swapped twins that synthetic scene sets (scenes-*) carry; this "
+                         "training set has none that name only seen color+shape pairs")
+    vectors = text.encode(unique)  # (U, D)
+    index = {c: i for i, c in enumerate(unique)}
+    picks = torch.tensor([[index.get(c, 0) for c in row] for row in rows])  # (N, K)
+    return vectors[picks] * mask[..., None], mask
+
+
 def candidate_set(train: Sequence, test: Sequence) -> tuple[list[str], list[dict | None]]:
     """Unique captions of train + test + swapped test captions, with the attributes each one states (None when
     unknown: a swapped caption states a combination nobody drew)."""

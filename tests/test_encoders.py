@@ -30,6 +30,9 @@ def test_a_layer_of_vit_s14_is_its_hidden_state_and_has_its_own_cache_id(cat):
     with torch.no_grad():
         hidden = base.model(pixel_values=pixels, output_hidden_states=True).hidden_states  # 13: embeddings + 12
     assert torch.equal(four(pixels), hidden[4]) and torch.equal(last(pixels), hidden[12])
+    both = load_vision_encoder("vit-s14@4+12")  # two depths side by side (multi-layer connectors)
+    assert both.hidden_size == 768 and both.cache_id not in (four.cache_id, last.cache_id)
+    assert torch.equal(both(pixels), torch.cat([hidden[4], hidden[12]], dim=-1))
     assert not torch.allclose(four(pixels), base(pixels), atol=1e-2)
     with pytest.raises(ValueError, match=r"12 blocks: layer must be in -13..12 .* got 13"):
         load_vision_encoder("vit-s14@13")
@@ -160,6 +163,10 @@ def test_any_hf_vision_model_at_a_layer(kind, tmp_path):
         enc = load_vision_encoder(f"{folder}@{layer}")
         assert enc.name == f"{folder}@{layer}" and enc.grid == whole.grid and enc.has_cls is whole.has_cls
         assert torch.allclose(enc(pixels), hidden[layer], atol=1e-6)
+    for spec, layers in (("1+-1", (1, 2)), ("0+2", (0, 2))):
+        enc = load_vision_encoder(f"{folder}@{spec}")
+        assert enc.hidden_size == 32 * len(layers)
+        assert torch.allclose(enc(pixels), torch.cat([hidden[k] for k in layers], dim=-1), atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])

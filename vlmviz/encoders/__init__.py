@@ -45,12 +45,12 @@ def load_vision_encoder(name_or_path: str, device: str = "cpu") -> VisionEncoder
     name_or_path = str(name_or_path)
     base, layer = split_layer(name_or_path)
     if layer is not None and not Path(name_or_path).exists():
-        return _layered(base, layer, str(device))
+        return _layered(base, layer, str(device))  # layer: a tuple of block indices
     return _load(name_or_path, str(device))
 
 
 @functools.cache
-def _layered(base: str, layer: int, device: str) -> VisionEncoder:
+def _layered(base: str, layer: tuple[int, ...], device: str) -> VisionEncoder:
     return LayerEncoder(_load(base, device), layer)
 
 

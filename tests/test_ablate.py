@@ -83,3 +83,14 @@ def test_hard_negatives_are_each_scenes_own_twins_naming_only_seen_pairs():
     table = run_ablation("vit-s14", "minilm-l6", ["linear"], steps=3, batch_size=16, n_train=40, n_test=10,
                          dataset="scenes-2obj", hard_negatives=True, log=lambda *_: None)
     assert table.set_index("connector").loc["linear", "kind"] == "trained (cls+maxgrid, hard negatives)"
+
+
+def test_attnpool_reads_the_cells_as_tokens():
+    from vlmviz.ablate import token_mode
+
+    assert token_mode("attnpool", True, "scenes-2obj") == "cls+cells" and token_mode("attnpool", False) == "patch"
+    table = run_ablation("vit-s14", "minilm-l6", ["attnpool"], steps=3, batch_size=16, n_train=40, n_test=10,
+                         dataset="scenes-2obj", log=lambda *_: None).set_index("connector")
+    assert table.loc["attnpool", "kind"] == "trained (cls+cells)" and table.loc["attnpool", "out_tokens"] == 1
+    key_value, pos, queries, out = 2 * (384 * 64 + 64), 1024 * 64, 2 * 64, 2 * 64 * 384 + 384
+    assert table.loc["attnpool", "params"] == key_value + pos + queries + out

@@ -121,6 +121,8 @@ def test_maxgrid_keeps_where_a_patch_lies():
     hot = cells[0, 1:].abs().sum(-1).nonzero().flatten().tolist()
     assert hot == [3 * 4 + 0] and torch.equal(cells[0, 1 + 12], torch.tensor([5.0, 1.0, 2.0]))
     assert not cells[1, 1:].any()
+    as_tokens = select_tokens(x, True, "cls+cells")  # the same 17 vectors as a token set, for attnpool
+    assert as_tokens.shape == (2, 17, 3) and token_dim(3, "cls+cells") == 3 and torch.equal(as_tokens, cells)
 
 
 COMMON = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

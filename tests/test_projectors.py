@@ -116,3 +116,25 @@ def test_moe_routes_top_k_and_balances():
         moe.router.weight[0] = 10.0
     moe(torch.ones(8, 10, D_VIS))
     assert float(moe.aux_loss()) > 1.5
+
+
+def test_attnpool_reads_what_a_token_says_wherever_it_is():
+    """Positions enter the keys only: a token's value is the same wherever it sits, so moving the one informative
+    token elsewhere (with attention forced onto it) gives the same output; with a query per object the slots are
+    concatenated into one output token."""
+    torch.manual_seed(0)
+    proj = build_projector("attnpool", 8, 6, num_queries=2, rank=4)
+    assert proj.num_output_tokens(17) == 1 and proj(torch.randn(3, 17, 8)).shape == (3, 1, 6)
+    with torch.no_grad():
+        proj.pos_embed.normal_()
+        proj.key.weight.zero_()
+        proj.key.bias.zero_()
+        proj.queries.zero_()  # uniform attention: the output is a function of the set of values only
+    x = torch.randn(1, 17, 8)
+    moved = x[:, torch.randperm(17)]
+    assert torch.allclose(proj(x), proj(moved), atol=1e-5)
+    with torch.no_grad():
+        proj.queries.normal_()  # now positions steer the queries, so order matters
+    assert not torch.allclose(proj(x), proj(moved), atol=1e-3)
+    with pytest.raises(ValueError, match="at most 1024 tokens"):
+        proj(torch.randn(1, 1025, 8))

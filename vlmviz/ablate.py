@@ -36,7 +36,9 @@ POOLED = {"linear": {}, "mlp2x_gelu": {}, "residual_mlp": {}, "lowrank": {"rank"
           "moe": {"num_experts": 4, "top_k": 2}}
 TOKEN_LEVEL = {"pixel_shuffle": {"scale": 2}, "resampler": {"num_queries": 16},
                "qformer": {"num_queries": 16}, "cabstractor": {"output_side": 4}}
-FAMILIES = {**POOLED, **TOKEN_LEVEL}
+# attention pooling over the 17 cls+cells tokens (CLS + 4 x 4 max-pooled cells): one query per object
+CELL_LEVEL = {"attnpool": {"num_queries": 2}}
+FAMILIES = {**POOLED, **TOKEN_LEVEL, **CELL_LEVEL}
 METRICS = ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "swap_acc", "role_swap_acc", "count_swap_acc", "acc_color",
            "acc_shape", "acc_size", "acc_position", "acc_relation", "acc_count", "acc_color2", "acc_shape2",
            "modality_gap")
@@ -89,8 +91,10 @@ def prepare(encoder_name: str, text_name: str, n_train: int = 4000, n_test: int 
 
 
 def token_mode(family: str, has_cls: bool, dataset: str = "scenes-1obj") -> str:
-    if family in TOKEN_LEVEL:
+    if family in TOKEN_LEVEL or (family in CELL_LEVEL and not has_cls):
         return "patch"
+    if family in CELL_LEVEL:
+        return "cls+cells"
     if relational(dataset) and has_cls:
         return "cls+maxgrid"
     return "cls+mean+max" if has_cls else "mean+max"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-TOKEN_MODES = ("all", "patch", "cls", "mean", "cls+mean", "mean+max", "cls+mean+max", "cls+maxgrid")
+TOKEN_MODES = ("all", "patch", "cls", "mean", "cls+mean", "mean+max", "cls+mean+max", "cls+maxgrid", "cls+cells")
 POOLINGS = ("mean", "cls", "none")  # applied to projector outputs: mean of tokens, first token, keep all tokens
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CAPTION_MODES = ("prefix", "xattn")

@@ -90,12 +90,15 @@ def token_dim(hidden_size: int, mode: str) -> int:
     """Width of the selected tokens: each pooled view concatenated ('cls+mean+max') adds one hidden_size."""
     if mode == "cls+maxgrid":
         return hidden_size * (1 + GRID_SIDE * GRID_SIDE)
+    if mode == "cls+cells":
+        return hidden_size
     return hidden_size * (mode.count("+") + 1)
 
 
 def select_tokens(tokens: torch.Tensor, has_cls: bool, mode: str) -> torch.Tensor:
     """(B, N, D) -> what the projector sees: all (B, N, D), patch (B, N-1, D), cls / mean (B, 1, D),
-    cls+mean (B, 1, 2D), mean+max (B, 1, 2D), cls+mean+max (B, 1, 3D), cls+maxgrid (B, 1, 17D). The pooled views are
+    cls+mean (B, 1, 2D), mean+max (B, 1, 2D), cls+mean+max (B, 1, 3D), cls+maxgrid (B, 1, 17D), and the same 17
+    vectors as a token set, cls+cells (B, 17, D), for connectors that pool them (attnpool). The pooled views are
     the strongest inputs for pooled connectors (DESIGN.md); the max over patches keeps what a small object
     contributes, which the mean dilutes with background (held-out color accuracy, BENCHMARKS.md). cls+maxgrid keeps
     where things are: the patch grid max-pooled to 4 x 4 cells, flattened in reading order after the CLS token,
@@ -116,15 +119,16 @@ def select_tokens(tokens: torch.Tensor, has_cls: bool, mode: str) -> torch.Tenso
                          "use 'mean', 'mean+max', 'patch' or 'all'")
     if mode == "cls":
         return tokens[:, :1]  # (B, 1, D)
-    if mode == "cls+maxgrid":
+    if mode in ("cls+maxgrid", "cls+cells"):
         B, N, D = patches.shape
         side = math.isqrt(N)
         if side * side != N or side < GRID_SIDE:
-            raise ValueError(f"token selection 'cls+maxgrid' needs a square patch grid of at least {GRID_SIDE} x "
+            raise ValueError(f"token selection {mode!r} needs a square patch grid of at least {GRID_SIDE} x "
                              f"{GRID_SIDE}, got {N} patch tokens")
         grid = patches.transpose(1, 2).reshape(B, D, side, side)
         cells = torch.nn.functional.adaptive_max_pool2d(grid, GRID_SIDE).flatten(2).transpose(1, 2)  # (B, 16, D)
-        return torch.cat([tokens[:, :1], cells], dim=1).reshape(B, 1, -1)  # (B, 1, 17D)
+        grid_tokens = torch.cat([tokens[:, :1], cells], dim=1)  # (B, 17, D)
+        return grid_tokens if mode == "cls+cells" else grid_tokens.reshape(B, 1, -1)  # (B, 17, D) or (B, 1, 17D)
     views = [tokens[:, :1], patches.mean(1, keepdim=True)]
     if mode == "cls+mean+max":
         views.append(patches.amax(1, keepdim=True))

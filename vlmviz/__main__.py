@@ -67,7 +67,8 @@ def _experiment(args) -> ExperimentConfig:
     if args.text: cfg.text = TextConfig(args.text)  # noqa: E701
     if args.projector: cfg.projector = ProjectorConfig(args.projector, _options(args.option))  # noqa: E701
     overrides = {k: getattr(args, k) for k in ("loss", "pooling", "steps", "lr", "batch_size", "seed", "device",
-                                                "eval_every", "warmup_steps", "weight_decay") if getattr(args, k) is not None}
+                                                "eval_every", "warmup_steps", "weight_decay")
+                 if getattr(args, k) is not None}
     if args.hard_negatives:
         overrides["hard_negatives"] = True
     base = cfg.train.__dict__

@@ -89,7 +89,6 @@ def prepare(encoder_name: str, text_name: str, n_train: int = 4000, n_test: int 
     return encoder, text, data
 
 
-
 def token_mode(family: str, has_cls: bool, dataset: str = "scenes-1obj") -> str:
     if family in TOKEN_LEVEL or (family in CELL_LEVEL and not has_cls):
         return "patch"
@@ -176,7 +175,8 @@ def run_ablation(encoder_name: str = "vit-s14", text_name: str = "smollm2-135m",
             reports.append(score(embed(proj, te, cfg.pooling)))
             seconds.append(result.seconds)
             done.append(result.steps_done)
-        record(family, f"trained ({mode}{', hard negatives' if hard_negatives else ''})", reports, proj.num_params, proj.num_output_tokens(tr.shape[1]), seconds,
+        kind = f"trained ({mode}{', hard negatives' if hard_negatives else ''})"
+        record(family, kind, reports, proj.num_params, proj.num_output_tokens(tr.shape[1]), seconds,
                sum(done) / len(done))
     table = pd.DataFrame(rows)
     table.insert(0, "dataset", dataset)

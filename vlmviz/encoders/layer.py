@@ -17,7 +17,7 @@ from torch import nn
 
 from .base import VisionEncoder
 
-_COPIED = ("hidden_size", "image_size", "grid", "has_cls", "mean", "std", "resize")
+_COPIED = ("image_size", "grid", "has_cls", "mean", "std", "resize")
 
 
 def split_layer(name: str) -> tuple[str, tuple[int, ...] | None]:
@@ -48,11 +48,11 @@ class LayerEncoder(VisionEncoder):
                 raise ValueError(f"{base.name} has {num_layers} blocks: layer must be in {-num_layers - 1}.."
                                  f"{num_layers} (0 = embeddings, {num_layers} = last block, negative counts from the "
                                  f"end), got {layer}")
-        self.base, self.layers = base, layers
+        self.base = base
         self.indices = tuple(k % (num_layers + 1) for k in layers)  # positions in hidden_states
         for field in _COPIED:
             setattr(self, field, getattr(base, field))
-        self.hidden_size = base.hidden_size * len(layers)
+        self.hidden_size = base.hidden_size * len(layers)  # the selected layers side by side
         self.name = f"{base.name}@{spec}"
         self.cache_id = f"{base.cache_id}/layer{'+'.join(map(str, self.indices))}"
         blocks = " and ".join(map(str, self.indices))

@@ -179,3 +179,33 @@ def test_hard_negatives_match_a_loop_reference(pair):
         (i2t + t2i) / 2, rel=1e-9)
     with pytest.raises(ValueError, match="hard negatives need a contrastive loss"):
         losses.LossHead("cosine")(img, txt, None, hard, mask)
+
+
+def test_recall_with_repeated_captions_scores_distinct_captions():
+    """Class-style data: 3 captions, each on 10 images. A connector that puts every image on its caption is perfect
+    both ways (was i2t R@1 0 and t2i R@1 = 3 / 30, as ties and duplicates counted against the target)."""
+    torch.manual_seed(0)
+    classes = torch.randn(3, 16)
+    label = torch.arange(30) % 3
+    txt = classes[label]  # (30, 16) repeated rows
+    perfect = metrics.retrieval_metrics(txt + 0.01 * torch.randn(30, 16), txt)
+    assert perfect["candidates"] == 3 and perfect["N"] == 30
+    assert perfect["i2t_R@1"] == 1.0 and perfect["t2i_R@1"] == 1.0 and perfect["i2t_median_rank"] == 1.0
+    # the images of one class land on another: those 10 are wrong i2t; no image on top of that caption carries it
+    img = txt.clone()
+    img[label == 2] = classes[0] + 0.1 * classes[1]
+    got = metrics.retrieval_metrics(img + 0.01 * torch.randn(30, 16), txt)
+    assert got["i2t_R@1"] == pytest.approx(20 / 30)
+    # against a loop reference on random data with repeats
+    img = torch.randn(30, 16)
+    sim = unit(img.numpy()) @ unit(classes.numpy()).T  # (30, 3)
+    i2t = [1 + sum(sim[i, c] >= sim[i, label[i]] for c in range(3) if c != label[i]) for i in range(30)]
+    t2i = []
+    for c in range(3):
+        best = max(sim[i, c] for i in range(30) if label[i] == c)
+        t2i.append(1 + sum(sim[i, c] >= best for i in range(30) if label[i] != c))
+    got = metrics.retrieval_metrics(img, txt)
+    assert got["i2t_R@1"] == pytest.approx(np.mean([r <= 1 for r in i2t]))
+    assert got["t2i_R@1"] == pytest.approx(np.mean([r <= 1 for r in t2i]))
+    assert got["t2i_median_rank"] == float(torch.tensor(t2i, dtype=torch.float).median())
+    assert metrics.alignment_report(img, txt)["candidates"] == 3

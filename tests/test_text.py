@@ -113,7 +113,7 @@ def test_check_captions_names_the_empty_one():
         check_captions(["a", "b", "c", "  \n"])
     with pytest.raises(ValueError, match="no captions"):
         check_captions([])
-    with pytest.raises(TypeError, match="one str"):
+    with pytest.raises(ValueError, match="one str"):
         check_captions("a red circle")
 
 

@@ -20,12 +20,38 @@ def ranks(sim: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tenso
     return (sim >= target_scores).sum(dim=1)  # (N,), includes the target itself
 
 
-def retrieval_metrics(img: torch.Tensor, txt: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """Recall@K and median rank in both directions for N matched pairs (image->text: each image ranks all texts)."""
-    sim = similarity_matrix(img, txt)  # (N, N)
-    out: dict[str, float] = {}
-    for direction, matrix in (("i2t", sim), ("t2i", sim.T)):
-        r = ranks(matrix).float()
+def first_relevant_ranks(sim: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """1-based rank of the best-scoring relevant column of each row: 1 + the irrelevant columns scoring at least as
+    high (ties count against). sim (R, C), relevant (R, C) bool with at least one True per row."""
+    best = sim.masked_fill(~relevant, float("-inf")).max(dim=1, keepdim=True).values  # (R, 1)
+    return 1 + ((sim >= best) & ~relevant).sum(dim=1)  # (R,)
+
+
+def caption_ids(txt: torch.Tensor) -> torch.Tensor:
+    """(N,) id of each row's distinct caption: rows with identical vectors are the same caption (text spaces encode
+    each distinct string once, so repeated captions give bit-identical vectors)."""
+    return torch.unique(txt, dim=0, return_inverse=True)[1]
+
+
+def retrieval_metrics(img: torch.Tensor, txt: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10),
+                      ids: torch.Tensor | None = None) -> dict[str, float]:
+    """Recall@K and median rank both ways for N image-caption pairs, scored against the distinct captions.
+
+    Captions repeat in class-style data ("a red circle" x 100). Image->text: each image ranks the U distinct captions
+    and is right when its own caption is on top. Text->image: each distinct caption ranks the N images and is right
+    when an image carrying it is on top. `ids` (N,) names each pair's caption (default: identical vectors are one
+    caption). With all captions distinct this is the usual N x N retrieval."""
+    ids = caption_ids(txt) if ids is None else torch.as_tensor(ids)
+    if len(ids) != len(img) or len(txt) != len(img):
+        raise ValueError(f"got {len(img)} images, {len(txt)} captions and {len(ids)} caption ids; expected one each")
+    ids = torch.unique(ids, return_inverse=True)[1]  # 0 .. U-1
+    u = int(ids.max()) + 1
+    first = torch.full((u,), len(ids), dtype=torch.long).scatter_reduce(0, ids, torch.arange(len(ids)), "amin")
+    sim = similarity_matrix(img, txt[first])  # (N, U)
+    relevant = ids[:, None] == torch.arange(u)[None]  # (N, U): each image's own caption
+    out: dict[str, float] = {"N": len(img), "candidates": u}
+    for direction, matrix, rel in (("i2t", sim, relevant), ("t2i", sim.T, relevant.T)):
+        r = first_relevant_ranks(matrix, rel).float()
         for k in ks:
             out[f"{direction}_R@{k}"] = float((r <= k).float().mean())
         out[f"{direction}_median_rank"] = float(r.median())
@@ -77,15 +103,17 @@ def cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(cross / ((x.T @ x).norm() * (y.T @ y).norm()))
 
 
-def alignment_report(img: torch.Tensor, txt: torch.Tensor, k: int = 10) -> dict[str, float]:
-    """Everything the UI and the ablation table show for N matched pairs; N and k are part of the report."""
+def alignment_report(img: torch.Tensor, txt: torch.Tensor, k: int = 10,
+                     ids: torch.Tensor | None = None) -> dict[str, float]:
+    """Everything the UI and the ablation table show for N matched pairs; N, k and the number of distinct captions
+    (`candidates`, what recall ranks against) are part of the report. `ids`: as in retrieval_metrics."""
     n = len(img)
     if n < 2:
         raise ValueError(f"metrics need at least 2 image-caption pairs, got {n}")
     if not (torch.isfinite(img).all() and torch.isfinite(txt).all()):
         raise ValueError("embeddings contain NaN or infinity; the projector or its checkpoint is broken")
     k = min(k, n - 1)
-    report = {"N": n, "k": k, **retrieval_metrics(img, txt)}
+    report = {"k": k, **retrieval_metrics(img, txt, ids=ids)}
     report.update(
         modality_gap=modality_gap(img, txt),
         alignment=alignment(img, txt),

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from .metrics import modality_gap, ranks, similarity_matrix
+from .metrics import first_relevant_ranks, modality_gap, ranks, similarity_matrix
 
 ATTRIBUTES = ("color", "shape", "size", "position", "relation", "count", "color2", "shape2", "color3", "shape3")
 # hard-negative meta keys -> the accuracy reported for them (true caption scored above that twin)
@@ -81,7 +81,8 @@ def embed_hard_negatives(text, train: Sequence) -> tuple[torch.Tensor, torch.Ten
     return vectors[picks] * mask[..., None], mask
 
 
-def candidate_set(train: Sequence, test: Sequence) -> tuple[list[str], list[dict | None]]:
+def candidate_set(train: Sequence, test: Sequence, attributes: Sequence[str] = ATTRIBUTES,
+                  extra: Sequence[str] = ()) -> tuple[list[str], list[dict | None]]:
     """Unique captions of train + test + swapped test captions, with the attributes each one states (None when
     unknown: a swapped caption states a combination nobody drew)."""
     captions, metas, seen = [], [], set()
@@ -90,7 +91,7 @@ def candidate_set(train: Sequence, test: Sequence) -> tuple[list[str], list[dict
         if text not in seen:
             seen.add(text)
             captions.append(text)
-            metas.append({k: v for k, v in sample.meta.items() if k in ATTRIBUTES})
+            metas.append({k: v for k, v in sample.meta.items() if k in attributes})
     for sample in test:
         for key in HARD_NEGATIVES:
             negative = sample.meta.get(key)
@@ -98,12 +99,18 @@ def candidate_set(train: Sequence, test: Sequence) -> tuple[list[str], list[dict
                 seen.add(negative)
                 captions.append(negative)
                 metas.append(None)
+    for text in extra:  # candidates given by the user, with no known attributes
+        if text not in seen:
+            seen.add(text)
+            captions.append(text)
+            metas.append(None)
     return captions, metas
 
 
 def open_set_report(img: torch.Tensor, test: Sequence, captions: list[str], metas: list[dict | None],
-                    encode_text) -> dict[str, float]:
-    """img (N_test, D) projected test vectors; encode_text(list[str]) -> (T, D) vectors of the same space."""
+                    encode_text, attributes: Sequence[str] = ATTRIBUTES) -> dict[str, float]:
+    """img (N_test, D) projected test vectors; encode_text(list[str]) -> (T, D) vectors of the same space.
+    `attributes`: the meta keys scored as acc_<key> (scenes' by default; a user folder's metadata columns)."""
     cand = encode_text(captions)  # (C, D)
     index = {c: i for i, c in enumerate(captions)}
     targets = torch.tensor([index[target_caption(s)] for s in test])
@@ -112,8 +119,12 @@ def open_set_report(img: torch.Tensor, test: Sequence, captions: list[str], meta
     report = {"N_test": len(test), "candidates": len(captions),
               "i2t_R@1": float((r <= 1).float().mean()), "i2t_R@5": float((r <= 5).float().mean())}
     test_txt = cand[targets]  # (N_test, D)
-    r_t2i = ranks(similarity_matrix(test_txt, img)).float()  # each test caption ranks the test images
-    report.update({"t2i_R@1": float((r_t2i <= 1).float().mean()), "t2i_R@5": float((r_t2i <= 5).float().mean())})
+    # each distinct test caption ranks the test images; right when an image carrying it comes first (captions
+    # repeat when scenes share their facts, and a repeat is not a miss)
+    distinct = targets.unique()  # (U,)
+    r_t2i = first_relevant_ranks(similarity_matrix(cand[distinct], img), distinct[:, None] == targets[None]).float()
+    report.update({"t2i_queries": len(distinct), "t2i_R@1": float((r_t2i <= 1).float().mean()),
+                   "t2i_R@5": float((r_t2i <= 5).float().mean())})
     for key, name in SWAP_NAMES.items():  # the true caption above its hard-negative twin
         pairs = [(i, index[s.meta[key]]) for i, s in enumerate(test) if s.meta.get(key) in index]
         if pairs:
@@ -121,7 +132,7 @@ def open_set_report(img: torch.Tensor, test: Sequence, captions: list[str], meta
             report[name] = float((sim[rows, targets[rows]] > sim[rows, twins]).float().mean())
     known = torch.tensor([m is not None for m in metas])
     top = sim.masked_fill(~known, float("-inf")).argmax(1)  # best caption that states attributes
-    for attr in ATTRIBUTES:
+    for attr in attributes if known.any() else ():
         pairs = [(s.meta[attr], metas[int(top[i])].get(attr)) for i, s in enumerate(test) if attr in s.meta]
         if pairs:
             report[f"acc_{attr}"] = sum(a == b for a, b in pairs) / len(pairs)

@@ -23,13 +23,13 @@ COLLISION_TOL = 1e-3  # cosine above 0.999 counts as "the same vector": no ranki
 def check_captions(captions: Sequence[str]) -> list[str]:
     """Reject what no space can encode, naming the bad caption, before any model runs."""
     if isinstance(captions, str):
-        raise TypeError("captions must be a sequence of strings, got one str; wrap it in a list")
+        raise ValueError("captions must be a sequence of strings, got one str; wrap it in a list")
     captions = list(captions)
     if not captions:
         raise ValueError("no captions given; expected at least one non-empty caption")
     for i, c in enumerate(captions):
         if not isinstance(c, str):
-            raise TypeError(f"caption {i} is {type(c).__name__}; expected str")
+            raise ValueError(f"caption {i} is {type(c).__name__} {c!r}; expected a non-empty str")
         if not c.strip():
             raise ValueError(f"caption {i} is empty; expected non-empty text")
     return captions
@@ -86,11 +86,19 @@ class TextSpace(ABC):
         captions = check_captions(captions)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # each distinct caption once: class-style data repeats captions, and a repeated caption must get the
+        # bit-identical vector (batches padded to other lengths can differ in the last bits), which is what
+        # metrics.caption_ids and the trainer's false-negative groups rely on
+        unique = list(dict.fromkeys(captions))
         out = []
         with torch.no_grad():
-            for i in range(0, len(captions), batch_size):
-                out.append(self._encode_batch(captions[i:i + batch_size]).float().cpu())  # (b, D)
-        return torch.cat(out)  # (T, D)
+            for i in range(0, len(unique), batch_size):
+                out.append(self._encode_batch(unique[i:i + batch_size]).float().cpu())  # (b, D)
+        vectors = torch.cat(out)  # (U, D)
+        if len(unique) == len(captions):
+            return vectors
+        index = {c: i for i, c in enumerate(unique)}
+        return vectors[torch.tensor([index[c] for c in captions])]  # (T, D)
 
     def nearest_tokens(self, vectors: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         """For each vector (K, D) the k vocabulary words of highest cosine similarity, best first.

@@ -125,3 +125,29 @@ def test_hard_negatives_are_checked_and_change_training():
     with pytest.raises(ValueError, match="hard negatives need loss infonce or sigmoid"):
         train_projector(build_projector("linear", 8, 6), x, y, TrainConfig(loss="cosine", steps=1),
                         hard_negatives=hard)
+
+
+def test_least_squares_is_scale_free_and_its_ridge_is_chosen_on_held_out_pairs():
+    """The old ridge (lambda N I on raw features) depended on feature scale: a few huge dimensions, as DINOv2 has,
+    made it shrink every other direction to nothing. Standardised, the fit is the same whatever the scale."""
+    from vlmviz.metrics import retrieval_metrics
+    from vlmviz.train import choose_ridge
+
+    torch.manual_seed(0)
+    classes = torch.randn(6, 16)
+    label = torch.arange(300) % 6
+    x = torch.randn(6, 32)[label] + 0.3 * torch.randn(300, 32)  # (300, 32)
+    x[:, 0] *= 1000.0  # one outlier dimension
+    y = classes[label]
+    w, b = fit_least_squares(x, y, ridge=1e-3)
+    w2, b2 = fit_least_squares(x * 50.0, y, ridge=1e-3)
+    assert torch.allclose(x @ w + b, (x * 50.0) @ w2 + b2, atol=1e-3)
+    assert retrieval_metrics(x @ w + b, y)["i2t_R@1"] == 1.0
+    ridge, scores = choose_ridge(x, y)
+    assert ridge in scores and scores[ridge] == max(scores.values())
+    # ridge 0 is plain least squares: the normal equations hold on standardised features
+    w0, b0 = fit_least_squares(x, y, ridge=0.0)
+    resid = x @ w0 + b0 - y
+    assert (x.double() - x.double().mean(0)).T.matmul(resid.double()).abs().max() < 1e-2 * x.abs().max()
+    with pytest.raises(ValueError, match="at least 4 pairs"):
+        choose_ridge(x[:3], y[:3])

@@ -29,7 +29,7 @@ from .openset import (candidate_set, caption_groups, embed_hard_negatives, open_
                       training_caption)
 from .projectors import build_projector
 from .text import load_text_space
-from .train import embed, fit_least_squares, fit_procrustes, train_projector
+from .train import choose_ridge, embed, fit_least_squares, fit_procrustes, train_projector
 
 # family -> projector options; pooled families see one pooled token, token-level ones the patch grid
 POOLED = {"linear": {}, "mlp2x_gelu": {}, "residual_mlp": {}, "lowrank": {"rank": 64},
@@ -150,8 +150,10 @@ def run_ablation(encoder_name: str = "vit-s14", text_name: str = "smollm2-135m",
     record("untrained linear", "baseline", [score(embed(untrained, x_te[:, None], "mean"))], untrained.num_params,
            1, [0.0])
     t0 = time.perf_counter()
-    w, b = fit_least_squares(x_tr, data.text_train)
-    record("least squares", "baseline", [score(x_te @ w + b)], w.numel() + b.numel(), 1, [time.perf_counter() - t0])
+    ridge, _ = choose_ridge(x_tr, data.text_train, seed=seed)  # standardised, its strength chosen on held-out pairs
+    w, b = fit_least_squares(x_tr, data.text_train, ridge=ridge)
+    record("least squares", f"baseline (ridge {ridge:g})", [score(x_te @ w + b)], w.numel() + b.numel(), 1,
+           [time.perf_counter() - t0])
     t0 = time.perf_counter()
     r = fit_procrustes(x_tr, data.text_train)
     record("procrustes", "baseline", [score(torch.nn.functional.normalize(x_te - x_tr.mean(0), dim=-1) @ r)],

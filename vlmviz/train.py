@@ -17,7 +17,7 @@ import torch
 
 from .config import TrainConfig
 from .losses import LossHead
-from .metrics import alignment_report
+from .metrics import alignment_report, retrieval_metrics
 from .projectors import Projector
 from .tokens import pool_tokens
 
@@ -213,13 +213,59 @@ class _Trainable(torch.nn.Module):
         return loss, self.projector.aux_loss()
 
 
-def fit_least_squares(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training-free baseline: W, b minimising ||x W + b - y||^2 + ridge ||W||^2 (x (N, D_vis), y (N, D_txt))."""
+RIDGES = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)  # lambda, in units of N on standardised x
+
+
+def _ridge_solutions(x: torch.Tensor, y: torch.Tensor, ridges) -> tuple[list[torch.Tensor], torch.Tensor,
+                                                                         torch.Tensor, torch.Tensor]:
+    """Ridge maps for every lambda from one SVD of the standardised, centred features.
+    x (N, D_vis), y (N, D_txt) -> [W (D_vis, D_txt) per lambda] on standardised x, and mean_x, std_x, mean_y."""
     x, y = x.double(), y.double()
-    mx, my = x.mean(0), y.mean(0)
-    xc = x - mx
-    gram = xc.T @ xc + ridge * len(x) * torch.eye(x.shape[1], dtype=x.dtype)  # (D_vis, D_vis)
-    w = torch.linalg.solve(gram, xc.T @ (y - my))  # (D_vis, D_txt)
+    mx, sx, my = x.mean(0), x.std(0).clamp_min(1e-6), y.mean(0)
+    u, sv, vh = torch.linalg.svd((x - mx) / sx, full_matrices=False)  # (N, r), (r,), (r, D_vis)
+    uty = u.T @ (y - my)  # (r, D_txt)
+    keep = sv > sv.max() * 1e-10  # lambda = 0 is the minimum-norm solution over the non-null directions
+    solutions = []
+    for lam in ridges:
+        gain = torch.where(keep, sv / (sv.pow(2) + lam * len(x)), torch.zeros_like(sv))  # (r,)
+        solutions.append(vh.T @ (gain[:, None] * uty))  # (D_vis, D_txt)
+    return solutions, mx, sx, my
+
+
+def choose_ridge(x: torch.Tensor, y: torch.Tensor, ridges=RIDGES, val_fraction: float = 0.2,
+                 seed: int = 0) -> tuple[float, dict[float, float]]:
+    """The ridge strength whose map, fitted on a seeded (1 - val_fraction) of the pairs, retrieves the held-out rest
+    best (image->text R@1 against their distinct captions; ties go to the lower validation MSE).
+    Returns the chosen lambda and {lambda: validation R@1}."""
+    n = len(x)
+    n_val = max(2, int(round(n * val_fraction)))
+    if n - n_val < 2:
+        raise ValueError(f"choosing the ridge needs at least 4 pairs, got {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, fit = perm[:n_val], perm[n_val:]
+    solutions, mx, sx, my = _ridge_solutions(x[fit], y[fit], ridges)
+    xv = (x[val].double() - mx) / sx  # (n_val, D_vis)
+    scores, best = {}, None
+    for lam, w in zip(ridges, solutions):
+        pred = xv @ w + my  # (n_val, D_txt)
+        r1 = retrieval_metrics(pred.float(), y[val].float(), ks=(1,))["i2t_R@1"]
+        key = (r1, -float((pred - y[val].double()).pow(2).mean()))
+        scores[lam] = r1
+        if best is None or key > best[0]:
+            best = (key, lam)
+    return best[1], scores
+
+
+def fit_least_squares(x: torch.Tensor, y: torch.Tensor, ridge: float | None = None) -> tuple[torch.Tensor,
+                                                                                                torch.Tensor]:
+    """Training-free baseline at its best: W, b minimising ||x W + b - y||^2 + lambda N ||W'||^2, where W' acts on
+    standardised features (each dimension of x scaled to unit variance, as the trainer standardises its input), so
+    the ridge does not depend on feature scale. ridge None: lambda chosen on held-out pairs (choose_ridge).
+    x (N, D_vis), y (N, D_txt); W (D_vis, D_txt) and b (D_txt,) act on raw features."""
+    if ridge is None:
+        ridge, _ = choose_ridge(x, y)
+    (w,), mx, sx, my = _ridge_solutions(x, y, (ridge,))
+    w = w / sx[:, None]  # fold the standardisation in: ((x - m) / s) W' = x (W' / s) - m (W' / s)
     return w.float(), (my - mx @ w).float()
 
 

@@ -76,8 +76,10 @@ def test_unknown_name_lists_valid_ones():
 
 
 def test_bad_shapes_say_what_was_expected():
-    with pytest.raises(ValueError, match=r"expects tokens of shape \(B, N, 32\), got \(2, 5, 31\)"):
+    with pytest.raises(ValueError, match=r"expects tokens of shape \(\.\.\., 32\), got \(2, 5, 31\)"):
         small("linear")(torch.randn(2, 5, 31))
+    with pytest.raises(ValueError, match=r"expects tokens of shape \(B, N, 32\), got \(2, 32\)"):
+        small("resampler")(torch.randn(2, D_VIS))  # a set-level connector needs a set of tokens
     with pytest.raises(ValueError, match="square grid"):
         small("pixel_shuffle")(torch.randn(2, 7, D_VIS))
     with pytest.raises(ValueError, match="in_dim == out_dim"):
@@ -138,3 +140,39 @@ def test_attnpool_reads_what_a_token_says_wherever_it_is():
     assert not torch.allclose(proj(x), proj(moved), atol=1e-3)
     with pytest.raises(ValueError, match="at most 1024 tokens"):
         proj(torch.randn(1, 1025, 8))
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp2x_gelu", "mlp3x_gelu", "residual_mlp", "lowrank", "moe"])
+def test_token_wise_families_accept_any_leading_shape(name):
+    """As LLaVA's nn.Sequential and transformers' projectors do: (D,), (B, D), (B, h, w, D) all map token by token,
+    and each token's output equals the (B, N, D) path's."""
+    proj = small(name).eval()
+    x = torch.randn(2, 3, 4, D_VIS)
+    ref = proj(x.reshape(2, 12, D_VIS)).reshape(2, 3, 4, -1)
+    assert torch.allclose(proj(x), ref, atol=1e-6)
+    assert torch.allclose(proj(x[:, 0, 0]), ref[:, 0, 0], atol=1e-6)  # pooled (B, D_vis)
+    assert proj(x[0, 0, 0]).shape == (ref.shape[-1],)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"frobnicate": 3}, "has no option 'frobnicate'; its options: depth, hidden_dim"),
+    ({"hidden_dim": "abc"}, "option hidden_dim must be a positive integer, got 'abc'"),
+    ({"hidden_dim": 0}, "option hidden_dim must be a positive integer, got 0"),
+    ({"hidden_dim": -4}, "option hidden_dim must be a positive integer, got -4"),
+    ({"hidden_dim": 16.0}, "option hidden_dim must be a positive integer, got 16.0"),
+])
+def test_bad_options_name_the_option(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_projector("mlp2x_gelu", 8, 8, **options)
+
+
+def test_bad_dims_and_counts_are_refused():
+    with pytest.raises(ValueError, match="in_dim must be a positive integer, got 768.5"):
+        build_projector("linear", 768.5, 16)
+    with pytest.raises(ValueError, match="out_dim must be a positive integer, got 16.0"):
+        build_projector("linear", 8, 16.0)
+    with pytest.raises(ValueError, match="num_queries must be a positive integer, got 0"):
+        build_projector("resampler", 8, 16, num_queries=0)
+    with pytest.raises(ValueError, match="bias must be true or false"):
+        build_projector("linear", 8, 16, bias="yes")
+    assert build_projector("mlp2x_gelu", 8, 16, hidden_dim=None).options["hidden_dim"] == 16

@@ -6,6 +6,7 @@ Every projector maps (B, N, D_vis) -> (B, M, D_txt).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from typing import Callable
@@ -21,11 +22,15 @@ class Projector(nn.Module):
     """Common surface: sizes, parameter count, output token count, an auxiliary loss (MoE), a JSON config."""
 
     family: str = "?"
+    # Families that act on each token alone (linear, MLP ...) accept any leading shape (..., D_vis), as LLaVA's
+    # nn.Sequential and transformers' projectors do; the others need a token set or grid: (B, N, D_vis).
+    token_wise: bool = False
 
     def __init__(self, in_dim: int, out_dim: int, **options):
         super().__init__()
-        if in_dim <= 0 or out_dim <= 0:
-            raise ValueError(f"{self.family}: in_dim and out_dim must be positive, got {in_dim} and {out_dim}")
+        for name, value in (("in_dim", in_dim), ("out_dim", out_dim)):
+            if not _is_int(value) or value <= 0:
+                raise ValueError(f"{self.family}: {name} must be a positive integer, got {value!r}")
         self.in_dim, self.out_dim = int(in_dim), int(out_dim)
         self.options = dict(options)  # everything needed to rebuild it: build_projector(family, in, out, **options)
         # Frozen input standardisation (the trainer sets it from training features). Frozen encoders have a few
@@ -48,12 +53,19 @@ class Projector(nn.Module):
     def config(self) -> dict:
         return {"family": self.family, "in_dim": self.in_dim, "out_dim": self.out_dim, "options": self.options}
 
+    def __call__(self, x, *args, **kwargs):
+        if self.token_wise and isinstance(x, torch.Tensor) and x.ndim != 3 and x.ndim >= 1 \
+                and x.shape[-1] == self.in_dim:
+            lead = x.shape[:-1]
+            out = super().__call__(x.reshape(-1, 1, self.in_dim), *args, **kwargs)  # (prod(lead), 1, D_txt)
+            return out.reshape(*lead, out.shape[-1])  # (..., D_txt)
+        return super().__call__(x, *args, **kwargs)
+
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Check the (B, N, D_vis) contract and standardise the input."""
         if x.ndim != 3 or x.shape[-1] != self.in_dim:
-            raise ValueError(
-                f"{self.family} projector expects tokens of shape (B, N, {self.in_dim}), got {tuple(x.shape)}"
-            )
+            shape = f"(..., {self.in_dim})" if self.token_wise else f"(B, N, {self.in_dim})"
+            raise ValueError(f"{self.family} projector expects tokens of shape {shape}, got {tuple(x.shape)}")
         return (x - self.input_mean) / self.input_std
 
     def set_input_stats(self, tokens: torch.Tensor) -> None:
@@ -90,12 +102,35 @@ def _resolve(name: str):
     raise ValueError(f"unknown projector {name!r}; valid names: {valid} (and mlpNx_gelu for any N >= 1)")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_options(name: str, cls, options: dict) -> None:
+    """Refuse options the family does not take, and values of the wrong kind, naming the option: integer options
+    (sizes, counts, layers) must be positive integers, flags booleans. Without this a typo is a TypeError deep
+    inside __init__ and `num_queries=0` builds a connector that outputs nothing."""
+    params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items()
+              if k not in ("self", "in_dim", "out_dim") and p.kind is p.POSITIONAL_OR_KEYWORD}
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(f"{name} has no option {', '.join(map(repr, unknown))}; its options: "
+                         f"{', '.join(params) or 'none'}")
+    for key, value in options.items():
+        kind = str(params[key].annotation)
+        if "bool" in kind and not isinstance(value, bool):
+            raise ValueError(f"{name} option {key} must be true or false, got {value!r}")
+        if "int" in kind and not (value is None and "None" in kind) and (not _is_int(value) or value <= 0):
+            raise ValueError(f"{name} option {key} must be a positive integer, got {value!r}")
+
+
 def build_projector(name: str, in_dim: int, out_dim: int, **options) -> Projector:
     """Build a registered projector: build_projector("mlp2x_gelu", 768, 512, hidden_dim=1024)."""
     cls, from_name = _resolve(name)
     for key, value in from_name.items():
         if options.get(key, value) != value:
             raise ValueError(f"{name!r} fixes {key}={value}, but {key}={options[key]} was also given")
+    check_options(name, cls, {**options, **from_name})
     projector = cls(in_dim, out_dim, **{**options, **from_name})
     projector.family = name if from_name else cls.family
     return projector

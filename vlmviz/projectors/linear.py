@@ -8,6 +8,7 @@ from .base import Projector, register
 
 @register("linear")
 class LinearProjector(Projector):
+    token_wise = True
     def __init__(self, in_dim: int, out_dim: int, bias: bool = True):
         super().__init__(in_dim, out_dim, bias=bias)
         self.linear = nn.Linear(in_dim, out_dim, bias=bias)
@@ -19,6 +20,7 @@ class LinearProjector(Projector):
 
 @register("identity")
 class IdentityProjector(Projector):
+    token_wise = True
     """No parameters: only valid when the encoder width already equals the text width."""
 
     def __init__(self, in_dim: int, out_dim: int):

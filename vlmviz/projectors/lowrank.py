@@ -11,6 +11,7 @@ from .base import Projector, register
 
 @register("lowrank")
 class LowRankProjector(Projector):
+    token_wise = True
     def __init__(self, in_dim: int, out_dim: int, rank: int = 64):
         if rank < 1:
             raise ValueError(f"lowrank needs rank >= 1, got {rank}")

@@ -14,6 +14,7 @@ from .base import Projector, register
 
 @register("mlp", pattern=r"mlp(?P<depth>\d+)x_gelu", help="mlpNx_gelu")
 class MLPProjector(Projector):
+    token_wise = True
     def __init__(self, in_dim: int, out_dim: int, depth: int = 2, hidden_dim: int | None = None):
         if depth < 1:
             raise ValueError(f"mlpNx_gelu needs N >= 1, got N={depth}")

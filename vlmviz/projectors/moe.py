@@ -14,6 +14,7 @@ from .base import Projector, register
 
 @register("moe")
 class MoEProjector(Projector):
+    token_wise = True
     def __init__(self, in_dim: int, out_dim: int, num_experts: int = 4, top_k: int = 2,
                  hidden_dim: int | None = None):
         if not 1 <= top_k <= num_experts:

@@ -26,6 +26,7 @@ class ResidualBlock(nn.Module):
 
 @register("residual_mlp")
 class ResidualMLPProjector(Projector):
+    token_wise = True
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int | None = None, num_blocks: int = 1):
         hidden_dim = int(hidden_dim or 2 * out_dim)
         super().__init__(in_dim, out_dim, hidden_dim=hidden_dim, num_blocks=num_blocks)

@@ -79,8 +79,10 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["keep.safetensors"]
 
 
-@pytest.mark.parametrize("family", ["linear", "mlp2x_gelu", "mlp3x_gelu"])
-@pytest.mark.parametrize("style", ["llava", "hf"])
+EXPORTABLE = [("linear", "llava"), ("mlp2x_gelu", "llava"), ("mlp3x_gelu", "llava"), ("mlp2x_gelu", "hf")]
+
+
+@pytest.mark.parametrize("family, style", EXPORTABLE)
 def test_llava_export_import_round_trip(tmp_path, family, style):
     torch.manual_seed(0)
     proj = build_projector(family, 16, 12).eval()
@@ -89,6 +91,89 @@ def test_llava_export_import_round_trip(tmp_path, family, style):
     assert again.family == family
     x = torch.randn(2, 3, 16)
     assert torch.allclose(proj(x), again(x))
+
+
+def _llava_sequential(family: str, d_vis: int, d_txt: int) -> torch.nn.Module:
+    """LLaVA's own builder (llava/model/multimodal_projector/builder.py): Linear for 'linear', else Linear(D_vis,
+    D_txt) then (GELU, Linear(D_txt, D_txt)) per extra layer."""
+    if family == "linear":
+        return torch.nn.Linear(d_vis, d_txt)
+    depth = int(family[3])
+    modules = [torch.nn.Linear(d_vis, d_txt)]
+    for _ in range(1, depth):
+        modules += [torch.nn.GELU(), torch.nn.Linear(d_txt, d_txt)]
+    return torch.nn.Sequential(*modules)
+
+
+@pytest.mark.parametrize("family, style", EXPORTABLE)
+def test_every_export_loads_strictly_into_llava_and_transformers(tmp_path, family, style):
+    """What LLaVA's load of mm_projector.bin and transformers' LlavaMultiModalProjector accept, key for key and
+    shape for shape (strict=True), computing what the vlmviz connector computes, standardisation folded in."""
+    torch.manual_seed(0)
+    proj = build_projector(family, 16, 12).eval()
+    proj.set_input_stats(2.0 + 3.0 * torch.randn(40, 3, 16))
+    x = torch.randn(2, 3, 16) * 3 + 2
+    if style == "llava":
+        state = torch.load(export_llava(proj, tmp_path / "mm_projector.bin"), weights_only=True)
+        # LLaVA keeps what follows 'mm_projector.' (llava_arch.py get_w) and loads it into the builder's module
+        ref = _llava_sequential(family, 16, 12)
+        ref.load_state_dict({k.split("mm_projector.")[1]: v for k, v in state.items()}, strict=True)
+    else:
+        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+        from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+        cfg = LlavaConfig(vision_config=CLIPVisionConfig(hidden_size=16, num_attention_heads=2),
+                          text_config=LlamaConfig(hidden_size=12, num_attention_heads=2, num_key_value_heads=2))
+        ref = LlavaMultiModalProjector(cfg)
+        state = load_file(str(export_llava(proj, tmp_path / "p.safetensors", "hf")))
+        ref.load_state_dict({k.replace("multi_modal_projector.", ""): v for k, v in state.items()}, strict=True)
+    assert torch.allclose(ref.eval()(x), proj(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("family, options, style, message", [
+    ("linear", {}, "hf", "exactly linear_1 -> GELU -> linear_2.*style 'llava'"),
+    ("mlp3x_gelu", {}, "hf", "exactly linear_1 -> GELU -> linear_2"),
+    ("mlp2x_gelu", {"hidden_dim": 32}, "llava", "LLaVA's mlpNx_gelu keeps every hidden layer at the LM width"),
+    ("mlp2x_gelu", {"hidden_dim": 32}, "hf", "Llava projector keeps every hidden layer at the LM width"),
+])
+def test_exports_the_format_cannot_hold_are_refused(tmp_path, family, options, style, message):
+    with pytest.raises(CheckpointError, match=message):
+        export_llava(build_projector(family, 16, 12, **options), tmp_path / "x.bin", style)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_safetensors_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """A safetensors file starts with its header's length; when that length's low byte is 0x80 the first byte is
+    a pickle's. The format is read from the structure, so it still imports."""
+    state = {"multi_modal_projector.linear_1.weight": torch.randn(12, 16),
+             "multi_modal_projector.linear_1.bias": torch.randn(12),
+             "multi_modal_projector.linear_2.weight": torch.randn(12, 12),
+             "multi_modal_projector.linear_2.bias": torch.randn(12)}
+    path = tmp_path / "p.safetensors"
+    for pad in range(400):
+        save_file(state, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    assert import_llava_projector(path, in_dim=16, out_dim=12).family == "mlp2x_gelu"
+
+
+class _Hostile:
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_pickled_code_is_refused_with_a_message(tmp_path, capsys):
+    import pickle
+
+    for name, write in (("legacy.bin", lambda p: p.write_bytes(pickle.dumps({"w": _Hostile()}, protocol=2))),
+                        ("zip.bin", lambda p: torch.save({"w": _Hostile()}, p))):
+        path = tmp_path / name
+        write(path)
+        with pytest.raises(CheckpointError, match="holds pickled code .* will not be loaded") as err:
+            import_llava_projector(path)
+        assert "weights_only" not in str(err.value)
+    assert "this ran" not in capsys.readouterr().out
 
 
 def test_llava_keys_match_llava_and_transformers(tmp_path):

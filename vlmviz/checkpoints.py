@@ -155,9 +155,30 @@ def _linear_layers(projector: Projector) -> list[torch.nn.Linear]:
     raise CheckpointError(f"LLaVA export supports the linear and mlpNx_gelu families, not {projector.family}")
 
 
+def _check_exportable(projector: Projector, style: str) -> None:
+    """Refuse what the target format cannot hold, naming its constraint. LLaVA's builder makes mlpNx_gelu as
+    Linear(D_vis, D_txt) followed by N-1 x (GELU, Linear(D_txt, D_txt)) (llava/model/multimodal_projector/builder.py);
+    transformers' LlavaMultiModalProjector is always linear_1 (D_vis -> D_txt), act, linear_2 (D_txt -> D_txt)."""
+    if style not in ("llava", "hf"):
+        raise ValueError(f"style must be 'llava' or 'hf', got {style!r}")
+    layers = _linear_layers(projector)
+    if style == "hf" and len(layers) != 2:
+        raise CheckpointError(f"transformers' Llava projector is exactly linear_1 -> GELU -> linear_2 (mlp2x_gelu); "
+                              f"a {projector.family} connector cannot be written in that format"
+                              + ("; export it with style 'llava' (mm_projector_type linear)"
+                                 if projector.family == "linear" else ""))
+    hidden = [layer.out_features for layer in layers[:-1]]
+    if any(h != projector.out_dim for h in hidden):
+        where = "LLaVA's mlpNx_gelu" if style == "llava" else "transformers' Llava projector"
+        raise CheckpointError(f"{where} keeps every hidden layer at the LM width ({projector.out_dim}); this "
+                              f"{projector.family} connector has hidden width {hidden[0]}, so it cannot be exported")
+
+
 def export_llava(projector: Projector, path: str | Path, style: str = "llava") -> Path:
     """style="llava": mm_projector.bin as LLaVA's training saves it (model.mm_projector.{0,2,..}.weight);
-    style="hf": safetensors with transformers' Llava names (multi_modal_projector.linear_{1,2}.weight)."""
+    style="hf": safetensors with transformers' Llava names (multi_modal_projector.linear_{1,2}.weight).
+    Loads strictly into LLaVA's nn.Sequential / transformers' LlavaMultiModalProjector (tests do so)."""
+    _check_exportable(projector, style)
     layers = _linear_layers(projector)
     # fold the input standardisation into the first layer: W (x - m) / s + b = (W / s) x + (b - (W / s) m)
     first_w = layers[0].weight.detach() / projector.input_std  # (out, in)
@@ -167,10 +188,8 @@ def export_llava(projector: Projector, path: str | Path, style: str = "llava") -
     for i, layer in enumerate(layers):
         if style == "llava":
             prefix = "model.mm_projector" if projector.family == "linear" else f"model.mm_projector.{2 * i}"
-        elif style == "hf":
-            prefix = f"multi_modal_projector.linear_{i + 1}"
         else:
-            raise ValueError(f"style must be 'llava' or 'hf', got {style!r}")
+            prefix = f"multi_modal_projector.linear_{i + 1}"
         weight, bias = (first_w, first_b) if i == 0 else (layer.weight.detach(), layer.bias)
         state[f"{prefix}.weight"] = weight.cpu().contiguous()
         if bias is not None:
@@ -180,19 +199,48 @@ def export_llava(projector: Projector, path: str | Path, style: str = "llava") -
     return atomic_write(path, lambda tmp: save_file(state, tmp))
 
 
+def sniff_format(path: str | Path) -> str:
+    """'safetensors', 'torch-zip', 'pickle' or 'unknown', by the file's structure, not one byte: a safetensors file
+    starts with the little-endian length of a JSON header that follows it, and that length's first byte can be
+    anything, 0x80 (a pickle's first byte) included."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9:
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= size - 8 and head[8:9] == b"{":
+            return "safetensors"
+    if head[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    return "unknown"
+
+
 def read_llava_state(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a LLaVA mm_projector.bin (tensors only, weights_only=True) or a safetensors file."""
+    import pickle
+
     path = Path(path)
+    expected = "expected LLaVA's mm_projector.bin (a torch state dict) or a safetensors file"
     try:
-        with open(path, "rb") as f:
-            magic = f.read(8)
-        if magic[:2] == b"PK" or magic[:1] == b"\x80":  # torch zip or legacy pickle
+        kind = sniff_format(path)
+        if kind == "safetensors":
+            state = load_file(str(path))
+        elif kind in ("torch-zip", "pickle"):
             state = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            state = load_file(str(path))
+            raise CheckpointError(f"{path.name}: not a readable projector file ({expected})")
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path.name} holds pickled code beyond plain tensors and will not be loaded "
+                              "(vlmviz never runs code from a weights file); save the state dict as tensors only "
+                              "or as safetensors") from None
     except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as err:
-        raise CheckpointError(f"{path.name}: not a readable projector file (expected LLaVA mm_projector.bin or "
-                              f"safetensors): {str(err).splitlines()[0][:200]}") from None
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{path.name}: not a readable projector file ({expected}): "
+                              f"{str(err).splitlines()[0][:200]}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path.name}: expected a dict of tensors")
     return state

@@ -81,3 +81,58 @@ def test_pil_images_and_duplicates(tmp_path):
     assert cache.hits == 0 and cache.misses == 3
     cache.tokens(enc, [im])
     assert cache.hits == 1
+
+
+def test_two_writers_keep_each_others_entries(tmp_path, images):
+    """A writer that read the manifest before another one wrote must merge, not overwrite (the app re-encoded
+    every run when a Map or a CLI run wrote the same folder meanwhile)."""
+    enc = CountingEncoder()
+    root = tmp_path / "cache"
+    other = FeatureCache(root)
+
+    def meanwhile(done, total):  # after the first writer's first shard, a second writer caches two more images
+        if done == 2 and not other.misses:
+            other.tokens(enc, images[3:])
+
+    FeatureCache(root).tokens(enc, images[:3], batch_size=2, progress=meanwhile)
+    encoded = enc.images_encoded
+    fresh = FeatureCache(root)
+    fresh.tokens(enc, images)
+    assert fresh.misses == 0 and enc.images_encoded == encoded
+
+
+def test_cache_is_bounded_and_evicts_least_recently_used(tmp_path, images):
+    import os
+
+    enc = CountingEncoder()
+    cache = FeatureCache(tmp_path / "cache", max_bytes=10**9)
+    cache.tokens(enc, images[:2], batch_size=1)
+    shard_size = max(p.stat().st_size for p in (tmp_path / "cache").glob("*/*.safetensors"))
+    folder = tmp_path / "cache" / "fake@1"
+    for i, p in enumerate(sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)):
+        os.utime(p, (1000 + i, 1000 + i))  # deterministic ages: images[0]'s shard is the oldest
+    cache.tokens(enc, images[1:2])  # a read makes images[1] recently used
+    small = FeatureCache(tmp_path / "cache", max_bytes=int(2.5 * shard_size))
+    small.tokens(enc, images[2:4], batch_size=1)  # 4 shards > 2.5: the two least recently used go
+    assert small.evicted == 2 and small.size_bytes() <= 2.5 * shard_size
+    check = FeatureCache(tmp_path / "cache")
+    check.tokens(enc, images[2:4])
+    assert check.misses == 0  # the newest survived; their manifest entries too
+    check.tokens(enc, images[:1])
+    assert check.misses == 1  # the oldest was evicted and is encoded again
+
+
+def test_a_progress_callback_cancels_encoding_and_keeps_what_was_done(tmp_path, images):
+    from vlmviz.features import EncodingCancelled
+
+    enc = CountingEncoder()
+
+    def stop(done, total):
+        if done >= 2:
+            raise EncodingCancelled
+
+    with pytest.raises(EncodingCancelled):
+        FeatureCache(tmp_path).tokens(enc, images, batch_size=2, progress=stop)
+    again = FeatureCache(tmp_path)
+    again.tokens(enc, images)
+    assert again.hits == 2 and again.misses == 3

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .encoders import load_vision_encoder, select_tokens, token_dim
-from .features import image_hash
+from .features import FeatureCache, image_hash
 from .images import load_image
 from .projectors import Projector, build_projector
 from .text import load_text_space
@@ -113,7 +113,7 @@ class Pipeline:
 
     def embed_images(self, images: Sequence, progress=None) -> torch.Tensor:
         """Images -> pooled projected vectors (B, D_txt); token-level (pooling none) outputs are mean-pooled."""
-        tokens = self.encoder.encode([load_image(im) for im in images], progress=progress)
+        tokens = FeatureCache().tokens(self.encoder, list(images), progress=progress)  # (B, N, D_vis)
         return pool_tokens(self.project(tokens), self._vector_pooling)
 
     @property
@@ -172,8 +172,12 @@ class Pipeline:
             attn = weights[0, q, n - side * side:]  # skip CLS if present
             return attn.reshape(side, side).numpy(), (f"no patch grid after a resampler: attention of query {q}, the "
                                                      "query closest to the caption, over the patches")
-        return None, (f"{self.projector.family} on '{self.tokens}' tokens has no spatial grid to draw; choose token "
-                      "selection 'patch' or 'all' and a grid-keeping connector")
+        if self.tokens in POOLED_VIEWS or self.tokens.startswith("cls+"):
+            return None, (f"this connector reads '{self.tokens}': pooled vectors, not one token per patch, so there is "
+                          "no patch map to draw. A connector trained on 'patch' or 'all' tokens (linear, mlp2x_gelu, "
+                          "pixel_shuffle) draws one")
+        return None, (f"{self.projector.family} mixes the patches into learned queries: its outputs are not tied to "
+                      "places, so there is no patch map to draw")
 
     def nearest_words(self, image, k: int = 3) -> tuple[list[list[str]], str]:
         """Nearest vocabulary words of each projected token (logit-lens style), laid out on the grid when
@@ -252,7 +256,7 @@ class MapResult:
 
 
 def build_map(pipeline: Pipeline, samples: Sequence, method: str = "pca", per_token: bool = False,
-              max_tokens_per_image: int = 16, progress=None) -> MapResult:
+              max_tokens_per_image: int = 16, progress=None, cache: FeatureCache | None = None) -> MapResult:
     """Projected visual vectors next to caption vectors in one 2-D map (both unit-normalised first, so the modality
     gap shows as distance), plus the metrics of the pooled pairs. per_token=True plots up to
     `max_tokens_per_image` projected tokens per image instead of one pooled point."""
@@ -265,7 +269,8 @@ def build_map(pipeline: Pipeline, samples: Sequence, method: str = "pca", per_to
         raise ValueError(f"a map needs at least 3 image-caption pairs, got {len(samples)}")
     images = [s.load() for s in samples]
     captions = [s.caption for s in samples]
-    vis = pipeline.encoder.encode(images, progress=progress)  # (B, N, D_vis)
+    # through the disk cache: a second map (or Compare, or training) of the same images skips the encoder
+    vis = (cache or FeatureCache()).tokens(pipeline.encoder, images, progress=progress)  # (B, N, D_vis)
     projected = pipeline.project(vis)  # (B, M, D_txt)
     pooled = pool_tokens(projected, pipeline._vector_pooling)  # (B, D_txt)
     txt = pipeline.text.encode(captions)  # (B, D_txt)

@@ -12,16 +12,42 @@ IMAGE_COLOR, TEXT_COLOR = "#e4572e", "#2e86ab"
 
 
 def heatmap_overlay(image: Image.Image, grid: np.ndarray, alpha: float = 0.55, cmap: str = "inferno",
-                    size: int = 448) -> Image.Image:
-    """Colour the (h, w) grid over the image as the encoder saw it (a centred square), min-max scaled."""
+                    size: int = 448, label: str = "cosine with the caption") -> Image.Image:
+    """Colour the (h, w) grid over the image as the encoder saw it (a centred square), with a colour bar that
+    gives the real cosine at each end: min-max scaling alone would make any grid look contrasted."""
     from matplotlib import colormaps
 
     img = _center_square(image).resize((size, size), Image.BICUBIC)
     g = np.asarray(grid, dtype=np.float32)
-    g = (g - g.min()) / (g.max() - g.min() + 1e-8)
-    rgba = (colormaps[cmap](g) * 255).astype(np.uint8)  # (h, w, 4)
+    lo, hi = float(g.min()), float(g.max())
+    scaled = (g - lo) / (hi - lo + 1e-8)
+    rgba = (colormaps[cmap](scaled) * 255).astype(np.uint8)  # (h, w, 4)
     heat = Image.fromarray(rgba[..., :3]).resize((size, size), Image.NEAREST)
-    return Image.blend(img.convert("RGB"), heat, alpha)
+    return _with_colour_bar(Image.blend(img.convert("RGB"), heat, alpha), cmap, lo, hi, label)
+
+
+def _with_colour_bar(img: Image.Image, cmap: str, lo: float, hi: float, label: str) -> Image.Image:
+    """The image with a vertical colour bar on its right, labelled with the top, middle and bottom values."""
+    from matplotlib import colormaps
+    from PIL import ImageDraw, ImageFont
+
+    w, h = img.size
+    bar_w, pad, text_w = 18, 10, 78
+    out = Image.new("RGB", (w + pad + bar_w + text_w, h), "white")
+    out.paste(img, (0, 0))
+    ramp = (colormaps[cmap](np.linspace(1, 0, h))[:, :3] * 255).astype(np.uint8)  # (h, 3), high at the top
+    out.paste(Image.fromarray(np.repeat(ramp[:, None], bar_w, axis=1)), (w + pad, 0))
+    draw = ImageDraw.Draw(out)
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        font = ImageFont.load_default()
+    x = w + pad + bar_w + 4
+    for frac, value in ((0.0, hi), (0.5, (lo + hi) / 2), (1.0, lo)):
+        y = min(max(int(frac * h) - 7, 0), h - 16)
+        draw.text((x, y), f"{value:+.3f}", fill="black", font=font)
+    draw.text((x, h // 2 + 14), "\n".join(label.split()), fill="#555555", font=font)
+    return out
 
 
 def _center_square(image: Image.Image) -> Image.Image:
@@ -38,10 +64,26 @@ def thumbnail_uri(image: Image.Image, size: int = 64) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _spread_out(xy: np.ndarray, min_dist: float, limit: int) -> list[int]:
+    """Indices of up to `limit` points, none closer than min_dist to another chosen one: thumbnails that do not
+    pile up into a blob where points crowd."""
+    chosen: list[int] = []
+    for i, p in enumerate(xy):
+        if len(chosen) >= limit:
+            break
+        if all(np.abs(p - xy[j]).max() >= min_dist for j in chosen):
+            chosen.append(i)
+    return chosen
+
+
+AXIS_NAMES = {"PCA": "principal component", "UMAP": "UMAP", "t-SNE": "t-SNE"}
+
+
 def map_figure(frame: pd.DataFrame, title: str = "", thumbnails: list[Image.Image] | None = None,
-               max_thumbnails: int = 40):
+               max_thumbnails: int = 30, method: str = "PCA", point_name: str = "images"):
     """frame: columns x, y, kind ('image' | 'caption'), pair, caption. Lines join each image to its caption;
-    hovering shows the caption; small thumbnails sit on the image points (up to max_thumbnails)."""
+    hovering shows the caption; small thumbnails sit on image points that have room (up to max_thumbnails).
+    point_name says what the image-side points are (images, or projected tokens)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -54,21 +96,27 @@ def map_figure(frame: pd.DataFrame, title: str = "", thumbnails: list[Image.Imag
             lines_y += [row.y, match.y.iloc[0], None]
     fig.add_trace(go.Scatter(x=lines_x, y=lines_y, mode="lines", line=dict(color="rgba(120,120,120,0.35)", width=1),
                              hoverinfo="skip", name="matched pair"))
-    for part, color, symbol in ((img, IMAGE_COLOR, "circle"), (txt, TEXT_COLOR, "diamond")):
+    for part, name, color, symbol in ((img, point_name, IMAGE_COLOR, "circle"),
+                                      (txt, "captions", TEXT_COLOR, "diamond")):
         fig.add_trace(go.Scatter(
-            x=part.x, y=part.y, mode="markers", name=f"{part.kind.iloc[0] if len(part) else ''}s ({len(part)})",
+            x=part.x, y=part.y, mode="markers", name=f"{name} ({len(part)})",
             marker=dict(color=color, size=9, symbol=symbol, line=dict(color="white", width=1)),
             customdata=np.stack([part.caption, part.pair], axis=1) if len(part) else None,
             hovertemplate="<b>%{customdata[0]}</b><br>pair %{customdata[1]}<extra></extra>"))
     if thumbnails:
         span = max(frame.x.max() - frame.x.min(), frame.y.max() - frame.y.min(), 1e-6)
-        for (_, row), thumb in list(zip(img.iterrows(), thumbnails))[:max_thumbnails]:
-            fig.add_layout_image(source=thumbnail_uri(thumb), x=row.x, y=row.y, xref="x", yref="y",
-                                 sizex=span * 0.06, sizey=span * 0.06, xanchor="center", yanchor="middle",
-                                 layer="above", opacity=0.9)
-    fig.update_layout(title=title, template="plotly_white", height=520, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", y=-0.05), xaxis=dict(showticklabels=False, title=""),
-                      yaxis=dict(showticklabels=False, title="", scaleanchor="x"))
+        side = span * 0.07
+        xy = img[["x", "y"]].to_numpy()[:len(thumbnails)]
+        for i in _spread_out(xy, side * 1.1, max_thumbnails):
+            fig.add_layout_image(source=thumbnail_uri(thumbnails[i]), x=xy[i, 0], y=xy[i, 1], xref="x", yref="y",
+                                 sizex=side, sizey=side, xanchor="center", yanchor="middle", layer="above",
+                                 opacity=0.9)
+    axis = AXIS_NAMES.get(method, method)
+    note = "" if method == "PCA" else " (distances between clusters are not meaningful)"
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), template="plotly_white", height=540,
+                      margin=dict(l=50, r=10, t=40, b=50), legend=dict(orientation="h", y=-0.12),
+                      xaxis=dict(showticklabels=False, title=f"{axis} 1{note}"),
+                      yaxis=dict(showticklabels=False, title=f"{axis} 2", scaleanchor="x"))
     return fig
 
 

@@ -1,6 +1,9 @@
 """vlmviz web app: layout and event wiring only; the work happens in the vlmviz package.
 
     python app.py [--host 127.0.0.1] [--port 7860] [--share]
+
+Handlers never raise into Gradio: a raised error paints every output of the event with an "Error" badge (the top
+bar's Connector menu included). They return cleared outputs and one message instead (vlmviz.session.report).
 """
 from __future__ import annotations
 
@@ -8,15 +11,13 @@ import argparse
 import functools
 import os
 import time
-import traceback
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
 from vlmviz import describe, explore, plots, session  # noqa: E402
-from vlmviz.config import (CAPTION_MODES, CAPTION_OPTIONS, CAPTION_TRAIN, CaptionConfig, ExperimentConfig,  # noqa: E402
-                           EncoderConfig, ProjectorConfig, TextConfig, TOKEN_MODES, TrainConfig)
+from vlmviz.config import CAPTION_MODES, CAPTION_TRAIN, POOLINGS, TOKEN_MODES  # noqa: E402
 from vlmviz.data import list_datasets, load_dataset, load_gallery  # noqa: E402
 from vlmviz.encoders import list_vision_encoders  # noqa: E402
 from vlmviz.losses import LOSSES  # noqa: E402
@@ -27,43 +28,57 @@ from vlmviz.text import list_text_spaces  # noqa: E402
 GALLERY = load_gallery()
 FAMILIES = ["linear", "mlp2x_gelu"] + [p for p in list_projectors() if p not in ("linear", "mlp", "identity")]
 UNTRAINED = [f"untrained {f}" for f in FAMILIES]
+RECIPES = session.recipes()
+DEFAULT_RECIPE = next(iter(RECIPES))
+MAP_CAP, TRAIN_CAP = 300, 4000
 CSS = """
-#ranking .label-name {font-size: 0.95em}
+#ranking .label-name {font-size: 0.95em; display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical;
+  overflow: hidden}
+#scores th, #scores thead span {white-space: nowrap; word-break: normal}
+#scores td {vertical-align: top}
 .vv-note {color: var(--body-text-color-subdued); font-size: 0.9em}
+.vv-msg p {margin: 0.2em 0}
 footer {display: none !important}
 """
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="orange")
 INTRO = ("**vlmviz** shows what the *connector* of a vision-language model does: a frozen vision encoder turns the "
          "image into tokens, the connector maps them into a frozen text space, and captions are ranked by cosine "
          "similarity. Untrained connectors rank by chance: train one in the **Train** tab, then pick it here.")
+METRIC_HELP = ("**i2t / t2i R@K**: how often the true caption (image) is among the K nearest · **modality_gap**: "
+               "distance between the mean image and mean caption direction (CLIP about 0.82) · **alignment**: mean "
+               "squared distance of true pairs (lower is better) · **uniformity**: how evenly vectors spread (lower "
+               "is more uniform) · **mutual_knn**: overlap of image and caption k-nearest neighbours · **cka**: "
+               "similarity of the two geometries (0-1) · N pairs, k neighbours as shown.")
 
 
-def friendly(fn):
-    """Bad input becomes a readable message in the page; the app keeps serving."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except (ValueError, FileNotFoundError) as err:
-            raise gr.Error(str(err), duration=12) from None
-        except Exception as err:  # noqa: BLE001 - never let one request take the server down
-            traceback.print_exc()
-            raise gr.Error(f"unexpected {type(err).__name__}: {err}", duration=12) from None
-
-    return wrapper
+def owner_of(owner: str, request: gr.Request | None) -> str:
+    """The browser's owner id (restored from its storage on load); API clients, which run no load event, get one
+    per Gradio session."""
+    return owner or (request.session_hash if request else "local")
 
 
-def image_path(image):
-    """Image events run with preprocess=False, so a broken upload reaches vlmviz.images.load_image, whose message
-    says what was expected, instead of failing inside Gradio's own image decoding."""
-    return image.get("path") if isinstance(image, dict) else image
+def contained(action: str, fallback):
+    """Run the handler; on failure return fallback(message): cleared outputs plus the one message."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - never let one request break the page or the server
+                return fallback(session.report(err, action))
+
+        return wrapper
+
+    return wrap
 
 
 def choices(checkpoints: dict) -> list[str]:
     return list(checkpoints) + UNTRAINED
+
+
+def _ck_rows(checkpoints):
+    return [[label, os.path.basename(path)] for label, path in checkpoints.items()]
 
 
 # ---- Inspect ------------------------------------------------------------------------------------------------
@@ -72,50 +87,74 @@ def pick_gallery(evt: gr.SelectData):
     return str(item.path), "\n".join([item.caption, *item.distractors])
 
 
-@friendly
+def _clamp(text: str, n: int = 90) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+@contained("inspect", lambda msg: (None, [], None, gr.update(choices=[], value=None), msg))
 def inspect(image, captions, encoder, text, projector, tokens, temperature, checkpoints):
-    image = image_path(image)
-    if image is None:
-        raise ValueError("no image: upload one or pick one from the gallery")
+    img = session.open_upload(image)
     pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
-    rows = pipe.rank_captions(image, captions, temperature)
+    rows = pipe.rank_captions(img, captions, temperature)
     label = {r["caption"]: r["prob"] for r in rows}
-    table = [[i + 1, r["caption"], round(r["cosine"], 4), round(r["prob"], 4),
+    table = [[i + 1, _clamp(r["caption"]), round(r["cosine"], 4), round(r["prob"], 4),
               ", ".join(f"#{j}" for j in r["collides_with"])] for i, r in enumerate(rows)]
     caps = [r["caption"] for r in rows]
     colliding = sum(bool(r["collides_with"]) for r in rows)
     shapes = {**pipe.describe(), "colliding_captions": f"{colliding} of {len(rows)} captions share a vector with "
               f"another in {pipe.text.name} (cosine > 0.999): no connector can rank them apart"}
-    return label, table, shapes, gr.update(choices=caps, value=caps[0])
+    return label, table, shapes, gr.update(choices=caps, value=caps[0]), ""
 
 
-@friendly
+@contained("heatmap", lambda msg: (None, msg))
 def heatmap(image, caption, encoder, text, projector, tokens, checkpoints):
-    image = image_path(image)
     if image is None or not caption:
         return None, ""
     pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
-    grid, note = pipe.patch_similarity(image, caption)
+    img = session.open_upload(image)
+    grid, note = pipe.patch_similarity(img, caption)
     if grid is None:
         return None, note
-    return plots.heatmap_overlay(pipe.encoder.view(image), grid), f"{note} vs *{caption}*"
+    return plots.heatmap_overlay(pipe.encoder.view(img), grid), f"{note} vs *{caption}*"
 
 
-@friendly
 def nearest_words(image, encoder, text, projector, tokens, checkpoints):
-    image = image_path(image)
-    if image is None:
+    """Runs after Inspect; when Inspect failed it clears its panel and adds no second message."""
+    try:
+        img = session.open_upload(image)
+        pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
+    except Exception:  # noqa: BLE001 - Inspect has already said what is wrong
         return None, ""
-    pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
     if not pipe.text.has_vocab:
         return None, f"{pipe.text.name} has no vocabulary readout"
-    rows, note = pipe.nearest_words(image, k=2)
-    return rows, note
+    try:
+        return pipe.nearest_words(img, k=2)
+    except Exception as err:  # noqa: BLE001
+        return None, session.report(err, "nearest words")
 
 
-@friendly
+@contained("describe", lambda msg: msg)
 def describe_image(image, projector, mode, checkpoints):
-    return describe.describe_choice(projector, checkpoints, image_path(image), mode)
+    if describe.caption_checkpoint(projector, checkpoints) is None:
+        return describe.describe_choice(projector, checkpoints, None, mode)
+    return describe.describe_choice(projector, checkpoints, session.open_upload(image), mode)
+
+
+def follow_checkpoint(projector, checkpoints):
+    """The top bar shows what the chosen connector really reads: a checkpoint fixes encoder, text and tokens."""
+    if projector in checkpoints:
+        try:
+            info = session.checkpoint_summary(checkpoints[projector])
+        except Exception as err:  # noqa: BLE001
+            return gr.update(), gr.update(), gr.update(), session.report(err, "reading the checkpoint")
+        fixed = dict(interactive=False, info="set by the chosen checkpoint")
+        note = (f"Trained on **{info['dataset'] or 'unknown data'}** ({info['steps']} steps"
+                f"{', cancelled' if info['cancelled'] else ''}); outside that data its ranking means little.")
+        return (gr.update(value=info["encoder"], **fixed), gr.update(value=info["text"], **fixed),
+                gr.update(value=info["tokens"], **fixed), note)
+    free = dict(interactive=True, info=None)
+    return (gr.update(**free), gr.update(**free), gr.update(**free),
+            "Untrained connector: its ranking is chance. Train one in the Train tab.")
 
 
 # ---- Map ----------------------------------------------------------------------------------------------------
@@ -125,72 +164,90 @@ def _dataset(name: str, n: int):
     return result.samples[:n], len(result.problems)
 
 
-@friendly
+def bound_pairs(dataset, n, cap):
+    top = session.dataset_limit(dataset, int(cap))
+    return gr.update(maximum=top, value=min(int(n), top))
+
+
+@contained("map", lambda msg: (None, [], msg))
 def make_map(dataset, n, method, per_token, encoder, text, projector, tokens, checkpoints,
              progress=gr.Progress()):
-    progress(0.05, desc=f"loading {dataset}")
+    progress(0.02, desc=f"loading {dataset}")
     samples, skipped = _dataset(dataset, int(n))
     pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
-    progress(0.3, desc="encoding images")
-    result = explore.build_map(pipe, samples, method.lower().replace("-", ""), per_token)  # "t-SNE" -> tsne
+    key = method.lower().replace("-", "")  # "t-SNE" -> tsne
+    result = explore.build_map(pipe, samples, key, per_token,
+                               progress=lambda d, t: progress(0.05 + 0.8 * d / max(1, t), desc="encoding images"))
     progress(0.9, desc="drawing")
     fig = plots.map_figure(result.frame, f"{pipe.label}: {method} of projected images and captions",
-                           thumbnails=result.thumbnails)
-    m = result.metrics
-    rows = [[k, round(v, 4) if isinstance(v, float) else v] for k, v in m.items()]
+                           thumbnails=result.thumbnails, method=method,
+                           point_name="projected tokens" if per_token else "images")
+    rows = [[k, round(v, 4) if isinstance(v, float) else v] for k, v in result.metrics.items()]
     note = result.note + (f"; {skipped} unreadable rows skipped" if skipped else "")
     return fig, rows, note
 
 
 # ---- Train --------------------------------------------------------------------------------------------------
-def _metrics_table(before, after):
+def _metrics_table(before, after, open_set=None):
     keys = ["i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5", "modality_gap", "alignment", "mutual_knn", "cka",
             "caption_loss"]
-    return [[k, round(before[k], 4) if before else None, round(after[k], 4) if after else None] for k in keys
+    rows = [[k, round(before[k], 4) if before else None, round(after[k], 4) if after else None] for k in keys
             if (before or after) and k in (before or after)]
+    for k in ("i2t_R@1", "i2t_R@5", "swap_acc", "acc_color", "acc_shape"):
+        if open_set and k in open_set:
+            rows.append([f"open set {k} ({open_set['candidates']} candidates)", None, round(open_set[k], 4)])
+    return rows
 
 
-def train(family, loss, pooling, tokens, steps, lr, batch, dataset, n_train, caption_mode, encoder, text,
-          checkpoints, request: gr.Request, progress=gr.Progress()):
-    sid = request.session_hash if request else "local"
-    caption = loss == "caption"
+def apply_recipe(name):
+    r = RECIPES[name]
+    cfg = r.config
+    return (cfg.projector.family, cfg.train.loss, cfg.train.pooling, cfg.encoder.tokens, cfg.train.steps,
+            cfg.train.lr, cfg.train.batch_size, cfg.train.weight_decay, r.dataset,
+            gr.update(maximum=session.dataset_limit(r.dataset, TRAIN_CAP), value=r.n_train), cfg.encoder.name,
+            cfg.text.name, f"**Expected**: {r.expected}. **Time**: {r.cost}.")
+
+
+def train(recipe, family, loss, pooling, tokens, steps, lr, batch, weight_decay, dataset, n_train, caption_mode,
+          encoder, text, owner, checkpoints, request: gr.Request):
+    who = owner_of(owner, request)
+    keep = gr.update()
     try:
-        cfg = ExperimentConfig(EncoderConfig(encoder, tokens), TextConfig(text),
-                               ProjectorConfig(family, CAPTION_OPTIONS.get(family, {}) if caption else {}),
-                               TrainConfig(loss=loss, pooling=pooling, steps=int(steps), lr=float(lr),
-                                           batch_size=int(batch), warmup_steps=min(20, int(steps) // 10),
-                                           eval_every=0 if caption else max(1, int(steps) // 10)),
-                               CaptionConfig(caption_mode))
-        out = session.unique_path(session.session_dir(sid), f"{family}-{loss}-{dataset}")
-        job = session.start_job(sid, session.TrainJob(cfg, dataset, int(n_train), max(20, int(n_train) // 4), out))
-    except ValueError as err:
-        raise gr.Error(str(err), duration=12) from None
-    status = f"encoding {dataset} with {encoder} (cached after the first run) ..."
-    yield None, [], status, None, gr.update(), checkpoints
+        cfg = session.train_config(family, loss, pooling, tokens, steps, lr, batch, weight_decay, caption_mode,
+                                   encoder, text, RECIPES.get(recipe))
+        objective = f"{loss} ({caption_mode})" if loss == "caption" else loss
+        n = int(n_train)
+        job = session.start_job(session.TrainJob(cfg, dataset, n, session.held_out_size(n), owner=who,
+                                                 label=f"{family} · {objective} · {dataset} {n}"))
+    except Exception as err:  # noqa: BLE001 - a bad setting is a message, not an Error badge
+        yield keep, keep, session.report(err, "training"), keep, keep, checkpoints
+        return
+    yield None, [], f"Starting: loading {encoder} and {dataset} ...", None, keep, checkpoints
     shown = time.monotonic()
     for event in job.events():
-        if event["type"] == "encode":
-            progress(event["done"] / max(1, event["total"]) * 0.2, desc="encoding images")
-        elif event["type"] == "step":
-            progress(0.2 + 0.8 * event["step"] / event["steps"], desc=f"step {event['step']}/{event['steps']}")
-            now = time.monotonic()
-            if event["step"] % max(1, int(steps) // 50) == 0 or event.get("metrics") or now - shown > 1.0:
-                shown = now  # redraw at least once a second, and on every 2% of the run
-                status = f"step {event['step']}/{event['steps']} · loss {event['loss']:.4f} · lr {event['lr']:.1e}"
-                yield (plots.training_figure(job.history, job.evals), [], status, None, gr.update(), checkpoints)
-    if job.error:
-        raise gr.Error(f"training failed: {job.error}", duration=None)
+        now = time.monotonic()
+        if event["type"] == "encode" and now - shown > 0.5:
+            shown = now
+            yield (keep, keep, f"Encoding {dataset} with {encoder}: {event['done']} of {event['total']} new "
+                   "images (kept in the feature cache: the next run on these images skips this) ...", keep, keep,
+                   checkpoints)
+        elif event["type"] == "stage":
+            yield keep, keep, "Scoring the held-out scenes open set ...", keep, keep, checkpoints
+        elif event["type"] == "step" and (event.get("metrics") or now - shown > 1.0
+                                          or event["step"] == event["steps"]):
+            shown = now  # redraw about once a second and on every held-out evaluation
+            status = f"step {event['step']}/{event['steps']} · loss {event['loss']:.4f} · lr {event['lr']:.1e}"
+            yield plots.training_figure(job.history, job.evals), keep, status, keep, keep, checkpoints
+    checkpoints = session.list_checkpoints(who)
+    figure = plots.training_figure(job.history, job.evals) if job.history else None
     run = job.result
-    objective = f"{loss} ({caption_mode})" if caption else loss
-    label = f"{family} · {objective} · {dataset} · {run.result.steps_done} steps"
-    label += " (cancelled)" if run.result.cancelled else ""
-    checkpoints = {**checkpoints, label: str(run.checkpoint)}
-    done = (f"{'Cancelled' if run.result.cancelled else 'Finished'} after {run.result.steps_done} steps in "
-            f"{run.result.seconds:.1f}s on {run.result.device}. Saved as **{label}**: pick it in Inspect, Map or "
-            "Compare, or download it below." + (" Caption-trained: **Describe** in Inspect writes what it sees."
-                                                 if caption else ""))
-    yield (plots.training_figure(job.history, job.evals), _metrics_table(run.before, run.after), done,
-           str(run.checkpoint), gr.update(choices=choices(checkpoints)), checkpoints)
+    table = _metrics_table(run.before, run.after, job.open_set) if run is not None else []
+    status = job.summary()
+    if job.checkpoint and loss == "caption":
+        status += " Caption-trained: **Describe** in Inspect writes what it sees."
+    selected = job.checkpoint[0] if job.checkpoint else gr.update()
+    yield (figure, table, status, job.checkpoint[1] if job.checkpoint else None,
+           gr.update(choices=choices(checkpoints), value=selected), checkpoints)
 
 
 def caption_settings(loss):
@@ -200,55 +257,63 @@ def caption_settings(loss):
     return ("none", "patch", 30, CAPTION_TRAIN["lr"], CAPTION_TRAIN["batch_size"])
 
 
-def cancel(request: gr.Request):
-    found = session.cancel_job(request.session_hash if request else "local")
-    return "cancelling after the current step ..." if found else "nothing is training"
+def cancel(owner, request: gr.Request):
+    found = session.cancel_job(owner_of(owner, request))
+    return "Cancelling ..." if found else "Nothing is training."
 
 
 # ---- Compare ------------------------------------------------------------------------------------------------
-@friendly
+@contained("compare", lambda msg: (None, None, [], msg))
 def compare(image, captions, a, b, encoder, text, tokens, dataset, checkpoints):
-    image = image_path(image)
-    if image is None:
-        raise ValueError("no image: upload one or pick one in the Inspect tab")
+    img = session.open_upload(image, "image (pick one in the Inspect tab)")
     labels, metrics = [], []
-    samples, _ = _dataset(dataset, 40)
+    samples, _ = _dataset(dataset, session.dataset_limit(dataset, 40))
     for choice in (a, b):
         pipe = explore.resolve_pipeline(choice, checkpoints, encoder, text, tokens)
-        labels.append({r["caption"]: r["prob"] for r in pipe.rank_captions(image, captions)})
+        labels.append({r["caption"]: r["prob"] for r in pipe.rank_captions(img, captions)})
         metrics.append(explore.build_map(pipe, samples, "pca").metrics)
     keys = ["N", "k", "i2t_R@1", "i2t_R@5", "t2i_R@1", "modality_gap", "alignment", "mutual_knn", "cka"]
     table = [[k, *[round(m[k], 4) if isinstance(m[k], float) else m[k] for m in metrics]] for k in keys]
-    return labels[0], labels[1], table
+    return labels[0], labels[1], table, ""
 
 
-# ---- Checkpoints --------------------------------------------------------------------------------------------
-@friendly
-def upload(file, encoder, text, tokens, checkpoints, request: gr.Request):
-    if file is None:
-        raise ValueError("no file: choose a vlmviz .safetensors checkpoint, a LLaVA mm_projector.bin or a Hugging "
-                         "Face Llava projector .safetensors")
-    path, message = session.add_uploaded_checkpoint(file, request.session_hash if request else "local",
-                                                    encoder, text, tokens)
-    checkpoints = {**checkpoints, f"uploaded {path.stem}": str(path)}
+# ---- Checkpoints and the browser's own state -----------------------------------------------------------------
+def upload(file, encoder, text, tokens, owner, checkpoints, request: gr.Request):
+    who = owner_of(owner, request)
+    try:
+        label, message = session.add_uploaded_checkpoint(file, who, encoder, text, tokens)
+    except Exception as err:  # noqa: BLE001 - the table and the menus stay as they were
+        keep = gr.update()
+        return session.report(err, "checkpoint upload"), checkpoints, keep, keep, keep, _ck_rows(checkpoints)
+    checkpoints = session.list_checkpoints(who)
     update = gr.update(choices=choices(checkpoints))
-    return f"✅ {message}. Added as **uploaded {path.stem}**.", checkpoints, update, update, update, _ck_rows(
-        checkpoints)
+    return (f"✅ {message}. Added as **{label}**.", checkpoints, update, update, update, _ck_rows(checkpoints))
 
 
-def _ck_rows(checkpoints):
-    return [[label, os.path.basename(path)] for label, path in checkpoints.items()]
+def restore(stored, request: gr.Request):
+    """On page load: the owner id this browser kept (a fresh one the first time) and its checkpoints on disk."""
+    owner = stored if isinstance(stored, str) and stored.isalnum() and len(stored) == 32 else session.new_owner()
+    checkpoints = session.list_checkpoints(owner)
+    update = gr.update(choices=choices(checkpoints))
+    return owner, owner, checkpoints, update, update, update, _ck_rows(checkpoints)
 
 
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="vlmviz: see and train VLM connectors") as demo:
         checkpoints = gr.State({})
+        owner = gr.State("")
+        browser = gr.BrowserState("", storage_key="vlmviz-owner", secret=session.browser_secret())
         gr.Markdown(f"# vlmviz\n{INTRO}")
-        with gr.Row():
-            encoder = gr.Dropdown(list_vision_encoders(), value="vit-s14", label="Vision encoder (frozen)")
-            text = gr.Dropdown(list_text_spaces(), value="smollm2-135m", label="Text space (frozen)")
+        with gr.Row(elem_id="top-bar"):
+            encoder = gr.Dropdown(list_vision_encoders(), value="vit-s14", label="Vision encoder (frozen)",
+                                  allow_custom_value=True, elem_id="encoder")
+            text = gr.Dropdown(list_text_spaces(), value="smollm2-135m", label="Text space (frozen)",
+                               allow_custom_value=True, elem_id="text")
             projector = gr.Dropdown(UNTRAINED, value="untrained linear", label="Connector", elem_id="projector")
-            tokens = gr.Dropdown(list(TOKEN_MODES), value="all", label="Encoder tokens fed to the connector")
+            tokens = gr.Dropdown(list(TOKEN_MODES), value="all", label="Encoder tokens fed to the connector",
+                                 elem_id="tokens")
+        connector_note = gr.Markdown("Untrained connector: its ranking is chance. Train one in the Train tab.",
+                                     elem_classes="vv-note", elem_id="connector-note")
 
         with gr.Tab("Inspect", id="inspect"):
             with gr.Row():
@@ -256,14 +321,15 @@ def build_demo() -> gr.Blocks:
                     image = gr.Image(str(GALLERY[0].path), type="filepath",
                                      label="Image: upload one or pick from the gallery",
                                      height=280, elem_id="image")
-                    gallery = gr.Gallery([(str(g.path), g.name) for g in GALLERY], columns=8, height=150,
-                                         label="Gallery (real images, captions written by us)",
+                    gallery = gr.Gallery([(str(g.path), g.name) for g in GALLERY], columns=7, rows=2, height="auto",
+                                         label="Gallery (real images, captions written by us)", object_fit="cover",
                                          allow_preview=False, elem_id="gallery")
                     captions = gr.Textbox(lines=6, label="Candidate captions, one per line", elem_id="captions",
                                           value="\n".join([GALLERY[0].caption, *GALLERY[0].distractors]))
                     with gr.Row():
                         temperature = gr.Slider(0.005, 1.0, value=0.07, step=0.005, label="Softmax temperature")
                         run = gr.Button("Rank captions", variant="primary", elem_id="rank")
+                    inspect_msg = gr.Markdown(elem_id="inspect-msg", elem_classes="vv-msg")
                     with gr.Row():
                         describe_mode = gr.Radio(list(describe.MODES), value="greedy", label="Decoding",
                                                  elem_id="describe-mode")
@@ -273,13 +339,13 @@ def build_demo() -> gr.Blocks:
                 with gr.Column(scale=6):
                     ranking = gr.Label(num_top_classes=8, label="Captions ranked by cosine (softmax at T)",
                                        elem_id="ranking")
-                    scores = gr.Dataframe(headers=["rank", "caption", "cosine", "softmax", "same vector as"],
-                                          label="Scores",
-                                          elem_id="scores", wrap=True)
+                    scores = gr.Dataframe(headers=["#", "caption", "cosine", "softmax", "same vector as"],
+                                          label="Scores", elem_id="scores", wrap=True,
+                                          column_widths=["7%", "55%", "12%", "12%", "14%"])
             with gr.Row():
                 with gr.Column():
                     heat_caption = gr.Dropdown([], label="Caption for the patch heatmap", elem_id="heat-caption")
-                    heat = gr.Image(label="Which patches match the caption", height=340, elem_id="heatmap")
+                    heat = gr.Image(label="Which patches match the caption", height=380, elem_id="heatmap")
                     heat_note = gr.Markdown(elem_classes="vv-note")
                 with gr.Column():
                     words = gr.Dataframe(label="Nearest vocabulary words of each projected token (on the grid)",
@@ -289,31 +355,45 @@ def build_demo() -> gr.Blocks:
 
         with gr.Tab("Map", id="map"):
             with gr.Row():
-                dataset = gr.Dropdown(list_datasets(), value="gallery", label="Dataset")
-                n_points = gr.Slider(6, 300, value=60, step=1, label="Pairs")
+                dataset = gr.Dropdown(list_datasets(), value="gallery", label="Dataset", elem_id="map-data")
+                n_points = gr.Slider(3, len(GALLERY), value=len(GALLERY), step=1, label="Pairs", elem_id="pairs")
                 method = gr.Radio([m.upper() if m != "tsne" else "t-SNE" for m in METHODS], value="PCA",
-                                  label="Map (PCA is instant; UMAP and t-SNE are computed once, then cached)")
+                                  label="Map (images are encoded once and cached; UMAP and t-SNE fits are cached)")
                 per_token = gr.Checkbox(False, label="per projected token")
                 map_btn = gr.Button("Draw map", variant="primary", elem_id="draw-map")
             with gr.Row():
                 map_plot = gr.Plot(label="Projected images and captions", elem_id="map-plot")
-                with gr.Column(scale=0, min_width=280):
+                with gr.Column(scale=0, min_width=300):
                     map_metrics = gr.Dataframe(headers=["metric", "value"], label="Metrics", elem_id="map-metrics")
-                    map_note = gr.Markdown(elem_classes="vv-note")
+                    map_note = gr.Markdown(elem_classes="vv-note", elem_id="map-note")
+                    gr.Markdown(METRIC_HELP, elem_classes="vv-note")
 
         with gr.Tab("Train", id="train"):
             with gr.Row():
-                family = gr.Dropdown(FAMILIES, value="linear", label="Connector family", elem_id="family")
-                loss = gr.Dropdown(list(LOSSES) + ["caption"], value="infonce", label="Loss", elem_id="loss")
-                pooling = gr.Dropdown(["mean", "cls", "none"], value="mean", label="Pooling")
-                train_tokens = gr.Dropdown(list(TOKEN_MODES), value="cls+mean", label="Encoder tokens",
-                                           elem_id="train-tokens")
+                recipe = gr.Dropdown(list(RECIPES), value=DEFAULT_RECIPE, label="Recipe (proven presets)",
+                                     elem_id="recipe", scale=3)
+                recipe_note = gr.Markdown(elem_classes="vv-note", elem_id="recipe-note")
+            first = RECIPES[DEFAULT_RECIPE]
+            cfg = first.config
             with gr.Row():
-                steps = gr.Slider(10, 2000, value=300, step=10, label="Steps", elem_id="steps")
-                lr = gr.Number(1e-2, label="Learning rate")
-                batch = gr.Slider(8, 256, value=256, step=8, label="Batch")
-                train_data = gr.Dropdown(list_datasets(), value="scenes-1obj", label="Dataset")
-                n_train = gr.Slider(40, 1200, value=600, step=20, label="Training pairs", elem_id="n-train")
+                family = gr.Dropdown(FAMILIES, value=cfg.projector.family, label="Connector family",
+                                     elem_id="family")
+                loss = gr.Dropdown(list(LOSSES) + ["caption"], value=cfg.train.loss, label="Loss", elem_id="loss")
+                pooling = gr.Dropdown(list(POOLINGS), value=cfg.train.pooling, label="Pooling")
+                train_tokens = gr.Dropdown(list(TOKEN_MODES), value=cfg.encoder.tokens, label="Encoder tokens",
+                                           elem_id="train-tokens")
+                train_encoder = gr.Dropdown(list_vision_encoders(), value=cfg.encoder.name, label="Encoder",
+                                            allow_custom_value=True, elem_id="train-encoder")
+                train_text = gr.Dropdown(list_text_spaces(), value=cfg.text.name, label="Text space",
+                                         allow_custom_value=True, elem_id="train-text")
+            with gr.Row():
+                steps = gr.Slider(10, 4000, value=cfg.train.steps, step=10, label="Steps", elem_id="steps")
+                lr = gr.Number(cfg.train.lr, label="Learning rate")
+                batch = gr.Slider(8, 256, value=cfg.train.batch_size, step=8, label="Batch")
+                weight_decay = gr.Number(cfg.train.weight_decay, label="Weight decay", elem_id="weight-decay")
+                train_data = gr.Dropdown(list_datasets(), value=first.dataset, label="Dataset", elem_id="train-data")
+                n_train = gr.Slider(8, TRAIN_CAP, value=first.n_train, step=4, label="Training pairs",
+                                    elem_id="n-train")
                 caption_mode = gr.Dropdown(list(CAPTION_MODES), value="prefix", elem_id="caption-mode",
                                            label="Caption: visual tokens as LM prefix, or cross-attention")
             with gr.Row():
@@ -322,7 +402,7 @@ def build_demo() -> gr.Blocks:
             status = gr.Markdown("", elem_id="train-status")
             with gr.Row():
                 curve = gr.Plot(label="Loss and held-out recall", elem_id="train-curve")
-                with gr.Column(scale=0, min_width=300):
+                with gr.Column(scale=0, min_width=320):
                     before_after = gr.Dataframe(headers=["metric", "before", "after"], label="Held-out, before / after",
                                                 elem_id="before-after")
                     download = gr.File(label="Checkpoint (safetensors)", elem_id="download")
@@ -333,6 +413,7 @@ def build_demo() -> gr.Blocks:
                 proj_b = gr.Dropdown(UNTRAINED, value="untrained mlp2x_gelu", label="Connector B", elem_id="proj-b")
                 cmp_data = gr.Dropdown(list_datasets(), value="gallery", label="Metrics on")
                 cmp_btn = gr.Button("Compare on the Inspect image", variant="primary", elem_id="compare")
+            cmp_msg = gr.Markdown(elem_id="compare-msg", elem_classes="vv-msg")
             with gr.Row():
                 label_a = gr.Label(num_top_classes=5, label="A")
                 label_b = gr.Label(num_top_classes=5, label="B")
@@ -341,37 +422,57 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Checkpoints", id="checkpoints"):
             gr.Markdown("Upload a vlmviz checkpoint (`.safetensors`), a LLaVA `mm_projector.bin` or a Hugging Face "
                         "Llava projector (`multi_modal_projector.linear_1/2`). It is checked against the encoder and "
-                        "text space chosen at the top; nothing is unpickled beyond tensors.")
+                        "text space chosen at the top; nothing is unpickled beyond tensors. Checkpoints stay with "
+                        "this browser across reloads.")
             with gr.Row():
                 ck_file = gr.File(label="Projector file", file_types=[".safetensors", ".bin", ".pt", ".pth"],
                                   elem_id="ck-file")
                 ck_tokens = gr.Dropdown(list(TOKEN_MODES), value="patch", label="Tokens a LLaVA projector reads")
                 ck_btn = gr.Button("Validate and add", variant="primary", elem_id="ck-add")
-            ck_msg = gr.Markdown(elem_id="ck-msg")
-            ck_list = gr.Dataframe(headers=["name", "file"], label="This session's checkpoints")
+            ck_msg = gr.Markdown(elem_id="ck-msg", elem_classes="vv-msg")
+            ck_list = gr.Dataframe(headers=["name", "file"], label="This browser's checkpoints", elem_id="ck-list")
 
         model = [encoder, text, projector, tokens]
+        demo.load(restore, browser, [browser, owner, checkpoints, projector, proj_a, proj_b, ck_list],
+                  api_visibility="private")
+        demo.load(apply_recipe, recipe, [family, loss, pooling, train_tokens, steps, lr, batch, weight_decay,
+                                         train_data, n_train, train_encoder, train_text, recipe_note],
+                  api_visibility="private")
         gallery.select(pick_gallery, None, [image, captions])
+        image.change(lambda: (None, [], None, gr.update(choices=[], value=None), None, "", ""), None,
+                     [ranking, scores, shapes, heat_caption, words, words_note, inspect_msg],
+                     api_visibility="private")  # a new image: nothing about the old one stays on screen
         run.click(inspect, [image, captions, *model, temperature, checkpoints],
-                  [ranking, scores, shapes, heat_caption], concurrency_limit=4, concurrency_id="inspect",
+                  [ranking, scores, shapes, heat_caption, inspect_msg], concurrency_limit=4, concurrency_id="inspect",
                   preprocess=False).then(
             nearest_words, [image, *model, checkpoints], [words, words_note], concurrency_limit=4, preprocess=False)
         describe_btn.click(describe_image, [image, projector, describe_mode, checkpoints], description,
                            api_name="describe", concurrency_limit=2, concurrency_id="describe", preprocess=False)
         heat_caption.change(heatmap, [image, heat_caption, *model, checkpoints], [heat, heat_note],
                             concurrency_limit=4, preprocess=False)
+        projector.change(follow_checkpoint, [projector, checkpoints], [encoder, text, tokens, connector_note],
+                         api_visibility="private")
+        dataset.change(functools.partial(bound_pairs, cap=MAP_CAP), [dataset, n_points], n_points,
+                       api_visibility="private")
         map_btn.click(make_map, [dataset, n_points, method, per_token, *model, checkpoints],
                       [map_plot, map_metrics, map_note], concurrency_limit=2)
-        start.click(train, [family, loss, pooling, train_tokens, steps, lr, batch, train_data, n_train, caption_mode,
-                            encoder, text, checkpoints], [curve, before_after, status, download, projector,
-                                                          checkpoints], concurrency_limit=4)
-        loss.change(caption_settings, loss, [pooling, train_tokens, steps, lr, batch])
-        stop.click(cancel, None, status)
+        recipe.input(apply_recipe, recipe, [family, loss, pooling, train_tokens, steps, lr, batch, weight_decay,
+                                            train_data, n_train, train_encoder, train_text, recipe_note],
+                     api_visibility="private")
+        train_data.input(functools.partial(bound_pairs, cap=TRAIN_CAP), [train_data, n_train], n_train,
+                         api_visibility="private")
+        start.click(train, [recipe, family, loss, pooling, train_tokens, steps, lr, batch, weight_decay, train_data,
+                            n_train, caption_mode, train_encoder, train_text, owner, checkpoints],
+                    [curve, before_after, status, download, projector, checkpoints], concurrency_limit=4,
+                    show_progress="minimal")
+        loss.input(caption_settings, loss, [pooling, train_tokens, steps, lr, batch], api_visibility="private")
+        # off the queue: a Cancel must never wait behind the work it cancels
+        stop.click(cancel, owner, status, queue=False)
         checkpoints.change(lambda c: [gr.update(choices=choices(c))] * 2 + [_ck_rows(c)], checkpoints,
-                           [proj_a, proj_b, ck_list])
+                           [proj_a, proj_b, ck_list], api_visibility="private")
         cmp_btn.click(compare, [image, captions, proj_a, proj_b, encoder, text, tokens, cmp_data, checkpoints],
-                      [label_a, label_b, cmp_table], concurrency_limit=2, preprocess=False)
-        ck_btn.click(upload, [ck_file, encoder, text, ck_tokens, checkpoints],
+                      [label_a, label_b, cmp_table, cmp_msg], concurrency_limit=2, preprocess=False)
+        ck_btn.click(upload, [ck_file, encoder, text, ck_tokens, owner, checkpoints],
                      [ck_msg, checkpoints, projector, proj_a, proj_b, ck_list])
     return demo
 

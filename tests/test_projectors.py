@@ -15,6 +15,7 @@ def small(name):
         "cabstractor": dict(output_side=2, hidden_dim=16),
         "moe": dict(num_experts=3, top_k=2, hidden_dim=16),
         "lowrank": dict(rank=4),
+        "conse": dict(num_classes=50, top_k=5),
     }
     return build_projector(name, D_VIS, D_TXT, **small_opts.get(name, {}))
 

@@ -24,6 +24,7 @@ _EXPORTS = {
     "EncoderConfig": "config", "TextConfig": "config", "ProjectorConfig": "config", "TrainConfig": "config",
     "ExperimentConfig": "config", "PRESETS": "config", "preset": "config",
     "load_gallery": "data", "load_dataset": "data", "scene_split": "data",
+    "conse_pipeline": "concepts", "top_concepts": "concepts",
 }
 __all__ = sorted(_EXPORTS) + ["metrics", "losses"]
 

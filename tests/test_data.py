@@ -75,6 +75,26 @@ def test_imagefolder_jsonl_reports_bad_rows_by_line(tmp_path):
     assert "empty caption" in str(result.problems[2]) and "not valid JSON" in str(result.problems[3])
 
 
+def test_rows_of_the_wrong_type_are_reported_and_the_rest_load(tmp_path):
+    folder = _folder(tmp_path)
+    lines = ['{"file_name": 9, "text": "a number"}', '{"file_name": "red.png", "text": ["a", "list"]}',
+             '{"file_name": "blue.png", "text": "a blue square", "color": "blue"}']
+    (folder / "metadata.jsonl").write_text("\n".join(lines))
+    result = load_imagefolder(folder)
+    assert [(s.caption, s.meta) for s in result.samples] == [("a blue square", {"color": "blue"})]
+    assert [(p.line, p.message) for p in result.problems] == [(1, "file_name must be a string, got 9"),
+                                                               (2, "caption must be a string, got list")]
+    coco = {"images": [{"id": 1, "file_name": "red.png"}],
+            "annotations": [{"image_id": 1, "caption": ["a", "list"]}, {"image_id": 1, "caption": "a red square"}]}
+    (folder / "c.json").write_text(json.dumps(coco))
+    result = load_coco_captions(folder / "c.json")
+    assert [s.caption for s in result.samples] == ["a red square"]
+    assert str(result.problems[0]) == "line 0 (red.png): caption must be a string, got list"
+    (folder / "bad.json").write_text(json.dumps({"images": 5, "annotations": []}))
+    with pytest.raises(ValueError, match="expected COCO captions JSON with 'images' and 'annotations' lists"):
+        load_coco_captions(folder / "bad.json")
+
+
 def test_imagefolder_csv_and_missing_metadata(tmp_path):
     folder = _folder(tmp_path)
     (folder / "metadata.csv").write_text("file_name,text\nred.png,a red square\nfake.jpg,a fake\n")

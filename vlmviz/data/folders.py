@@ -52,8 +52,14 @@ def load_imagefolder(folder: str | Path) -> LoadResult:
         if error:
             result.problems.append(Problem(number, None, error))
             continue
-        name = (row.get("file_name") or "").strip()
-        text = next((str(row[k]).strip() for k in TEXT_KEYS if row.get(k)), "")
+        name, text = row.get("file_name"), next((row[k] for k in TEXT_KEYS if row.get(k)), "")
+        if name is not None and not isinstance(name, str):
+            result.problems.append(Problem(number, None, f"file_name must be a string, got {name!r}"))
+            continue
+        if not isinstance(text, str):
+            result.problems.append(Problem(number, name, f"caption must be a string, got {type(text).__name__}"))
+            continue
+        name, text = (name or "").strip(), text.strip()
         if not name:
             result.problems.append(Problem(number, None, "no file_name"))
             continue
@@ -77,7 +83,8 @@ def load_coco_captions(json_path: str | Path, image_dir: str | Path | None = Non
         data = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{json_path.name}: not a readable COCO captions JSON ({err})") from None
-    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
         raise ValueError(f"{json_path.name}: expected COCO captions JSON with 'images' and 'annotations' lists")
     if image_dir is None:
         image_dir = json_path.parent / "images" if (json_path.parent / "images").is_dir() else json_path.parent
@@ -91,7 +98,11 @@ def load_coco_captions(json_path: str | Path, image_dir: str | Path | None = Non
         if name is None:
             result.problems.append(Problem(index, None, f"annotation refers to unknown image id {image_id!r}"))
             continue
-        caption = str(ann.get("caption") or "").strip()
+        caption = ann.get("caption") or ""
+        if not isinstance(caption, str):
+            result.problems.append(Problem(index, name, f"caption must be a string, got {type(caption).__name__}"))
+            continue
+        caption = caption.strip()
         if not caption:
             result.problems.append(Problem(index, name, "empty caption"))
             continue

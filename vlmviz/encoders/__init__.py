@@ -58,8 +58,10 @@ def _layered(base: str, layer: tuple[int, ...], device: str) -> VisionEncoder:
 def _load(name_or_path: str, device: str) -> VisionEncoder:
     if name_or_path in BUNDLED:
         return BUNDLED[name_or_path]().to(device)
+    from ..hub import check_loadable
     from .hf import HFVisionEncoder
 
+    check_loadable(name_or_path, "vision encoder", list_vision_encoders())
     try:
         return HFVisionEncoder(name_or_path).to(device)
     except (OSError, ValueError) as err:

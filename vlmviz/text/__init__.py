@@ -45,6 +45,9 @@ def load_text_space(name_or_path: str, device: str = "cpu") -> TextSpace:
 def _load(name_or_path: str, device: str) -> TextSpace:
     if name_or_path in BUNDLED:
         return BUNDLED[name_or_path](device)
+    from ..hub import check_loadable
+
+    check_loadable(name_or_path, "text space", list_text_spaces())
     return _load_hf(name_or_path, device)
 
 

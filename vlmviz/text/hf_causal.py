@@ -11,11 +11,11 @@ constant offset that only pulls all captions together. Shape legend: T captions,
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 
+from ..hub import offline
 from .base import TextSpace, masked_mean, vocab_strings
 
 
@@ -101,10 +101,6 @@ class ContextualLMSpace(TextSpace):
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     """Frozen side: no gradients, eval mode (no dropout), so encode() is deterministic."""
     return model.requires_grad_(False).eval()
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
 def source_id(name_or_path: str, config=None) -> str:

@@ -45,17 +45,45 @@ def _options(pairs: list[str]) -> dict:
     return out
 
 
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def cmd_embed(args):
+    from .data import SCENES, load_dataset
     from .encoders import load_vision_encoder
     from .experiment import load_split
     from .features import FeatureCache
 
-    train, test = load_split(args.dataset, args.n_train, args.n_test, args.seed)
+    encoder = load_vision_encoder(args.encoder)
+    if args.dataset in SCENES or args.dataset == "digits" or args.n_train is not None or args.n_test is not None:
+        train, test = load_split(args.dataset, _or(args.n_train, 600), _or(args.n_test, 200), args.seed, log=_warn)
+        samples = train + test
+    else:  # a folder, COCO json or the gallery: every usable row
+        loaded = load_dataset(args.dataset)
+        if loaded.problems:
+            _warn(f"[vlmviz] {len(loaded.problems)} rows of {args.dataset} skipped, first: {loaded.problems[0]}")
+        samples = loaded.samples
     cache = FeatureCache(args.cache)
-    tokens = cache.tokens(load_vision_encoder(args.encoder), [s.load() for s in train + test],
-                          progress=_tqdm_progress(f"encoding with {args.encoder}"))
-    print(f"{len(train) + len(test)} images -> tokens {tuple(tokens.shape)}; "
-          f"{cache.hits} cache hits, {cache.misses} encoded")
+    tokens = cache.tokens(encoder, [s.load() for s in samples], progress=_tqdm_progress(f"encoding with {args.encoder}"))
+    print(f"{len(samples)} images -> tokens {tuple(tokens.shape)}; {cache.hits} cache hits, {cache.misses} encoded")
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def _check_writable(path: str) -> None:
+    """Refuse an --out that cannot be written before any training time is spent."""
+    import tempfile
+
+    folder = Path(path).resolve().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".vlmviz-write-check-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write the checkpoint {path}: {err.strerror or err} in {folder}") from None
 
 
 def _experiment(args) -> ExperimentConfig:
@@ -65,6 +93,8 @@ def _experiment(args) -> ExperimentConfig:
     if args.encoder: cfg.encoder.name = args.encoder  # noqa: E701
     if args.tokens: cfg.encoder = EncoderConfig(cfg.encoder.name, args.tokens)  # noqa: E701
     if args.text: cfg.text = TextConfig(args.text)  # noqa: E701
+    if args.option and not args.projector:
+        raise ValueError("--option sets an option of the connector named by --projector; give --projector too")
     if args.projector: cfg.projector = ProjectorConfig(args.projector, _options(args.option))  # noqa: E701
     overrides = {k: getattr(args, k) for k in ("loss", "pooling", "steps", "lr", "batch_size", "seed", "device",
                                                 "eval_every", "warmup_steps", "weight_decay")
@@ -84,36 +114,44 @@ def _experiment(args) -> ExperimentConfig:
 def cmd_train(args):
     from tqdm.auto import tqdm
 
-    from .experiment import run
+    from .experiment import check_training_set, run
 
     cfg = _experiment(args)
+    check_training_set(cfg, args.dataset)
+    _check_writable(args.out)
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or args.accelerate:
         from accelerate import Accelerator
 
         accelerator = Accelerator(cpu=cfg.train.device == "cpu")
     main = accelerator is None or accelerator.is_main_process
-    bar = tqdm(total=cfg.train.steps, desc="training", disable=not main)
+    bar = {}  # made at the first step, so a data error is never preceded by an empty "training 0%" bar
 
     def on_step(event):
-        bar.update(1)
-        bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=cfg.train.steps, desc="training", disable=not main)
+        bar["bar"].update(1)
+        bar["bar"].set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.2e}")
         if event["metrics"] and main and "i2t_R@1" in event["metrics"]:
             m = event["metrics"]
             tqdm.write(f"step {event['step']}: i2t R@1 {m['i2t_R@1']:.3f}  t2i R@1 {m['t2i_R@1']:.3f}  "
-                       f"gap {m['modality_gap']:.3f}")
+                       f"gap {m['modality_gap']:.3f}  (held-out N={m['N']}, {m['candidates']} distinct captions)")
 
-    out = run(cfg, args.dataset, args.n_train, args.n_test, out=args.out, callback=on_step, accelerator=accelerator,
-              progress=_tqdm_progress("encoding") if main else None)
-    bar.close()
+    out = run(cfg, args.dataset, _or(args.n_train, 600), _or(args.n_test, 200), out=args.out, callback=on_step,
+              accelerator=accelerator, progress=_tqdm_progress("encoding") if main else None)
+    if "bar" in bar:
+        bar["bar"].close()
     if main:
         first, last = out.result.history[0]["loss"], out.result.history[-1]["loss"]
         print(f"loss {first:.4f} -> {last:.4f} in {out.result.steps_done} steps ({out.result.seconds:.1f}s on "
               f"{out.result.device})")
         if out.before and out.after:
+            where = f"held-out N={out.after['N']}"
+            if "candidates" in out.after:
+                where += f", ranked against {out.after['candidates']} distinct captions"
             for key in ("i2t_R@1", "t2i_R@1", "modality_gap", "caption_loss"):
                 if key in out.after:
-                    print(f"{key:>14}: {out.before[key]:.3f} -> {out.after[key]:.3f} (held-out N={out.after['N']})")
+                    print(f"{key:>14}: {out.before[key]:.3f} -> {out.after[key]:.3f} ({where})")
         for ex in out.examples or []:
             print(f"  held-out truth: {ex['truth']!r}\n       generated: {ex['generated']!r}")
         if out.checkpoint:
@@ -122,32 +160,87 @@ def cmd_train(args):
             Path(args.history).write_text(json.dumps(out.result.history))
 
 
+def _eval_split(args, ck: dict, dataset: str):
+    """The pairs to score and what they are. 'test': the checkpoint's own held-out split (its recorded seed and
+    sizes, so no training image is scored); 'all': every usable row (another folder than the training one)."""
+    from .data import SCENES, load_dataset
+    from .experiment import _digest, load_split
+
+    recorded = ck.get("split") or {}
+    trained_on = recorded.get("dataset", ck.get("dataset"))
+    same = trained_on is not None and _same_dataset(dataset, trained_on)
+    mode = args.split
+    if mode == "auto":
+        mode = "test" if same or dataset in SCENES or trained_on is None else "all"
+    if mode == "all":
+        if dataset in SCENES:
+            raise ValueError(f"--split all needs a folder or COCO json; {dataset} is generated: use --split test")
+        if same:
+            _warn(f"warning: {dataset} is what the checkpoint trained on; --split all scores its "
+                  f"{recorded.get('train_size', 'unknown number of')} training pairs too")
+        loaded = load_dataset(dataset)
+        if loaded.problems:
+            _warn(f"[vlmviz] {len(loaded.problems)} rows of {dataset} skipped, first: {loaded.problems[0]}")
+        if len(loaded.samples) < 2:
+            raise ValueError(f"{dataset} has {len(loaded.samples)} usable pairs; scoring needs at least 2")
+        return [], loaded.samples, {"mode": "all", "dataset": dataset, "N": len(loaded.samples)}
+    asked = {"seed": args.seed, "n_train": args.n_train, "n_test": args.n_test}
+    fallback = {"seed": 0, "n_train": 600, "n_test": 200}
+    use = {k: v if v is not None else (recorded.get(k, fallback[k]) if same else fallback[k]) for k, v in asked.items()}
+    if same and not recorded:
+        _warn("warning: this checkpoint records no split (made before vlmviz recorded one); scoring the split "
+              f"seed={use['seed']} n_train={use['n_train']} n_test={use['n_test']}, which may hold training images")
+    differs = {k: v for k, v in asked.items() if same and recorded and v is not None and v != recorded.get(k)}
+    if differs:
+        _warn(f"warning: the checkpoint trained on the split seed={recorded['seed']} n_train={recorded['n_train']} "
+              f"n_test={recorded['n_test']}; scoring another ({', '.join(f'{k}={v}' for k, v in differs.items())}) "
+              "can put training images in the test set")
+    train, test = load_split(dataset, use["n_train"], use["n_test"], use["seed"], log=_warn)
+    if same and recorded.get("test_digest") and not differs and _digest(test) != recorded["test_digest"]:
+        _warn(f"warning: {dataset} changed since the checkpoint was trained: its test split is not the one recorded")
+    return train, test, {"mode": "test", "dataset": dataset, **use, "N": len(test),
+                         "same_as_training": bool(same and not differs)}
+
+
+def _same_dataset(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    return a == b or (pa.exists() and pb.exists() and pa.resolve() == pb.resolve())
+
+
 def cmd_eval(args):
     from .checkpoints import load_checkpoint, read_config
+    from .data import SCENES
     from .encoders import load_vision_encoder, token_dim
-    from .experiment import featurize, load_split
+    from .experiment import featurize
+    from .openset import ATTRIBUTES, candidate_set, metadata_attributes, open_set_report
     from .text import load_text_space
-    from .train import evaluate
+    from .train import embed, evaluate
 
     ck = read_config(args.checkpoint)
+    if not all(ck.get(k) for k in ("encoder", "tokens", "text")):
+        raise ValueError(f"{Path(args.checkpoint).name} records no encoder, token selection or text space; "
+                         "import it with --encoder, --tokens and --text")
+    extra = []
+    if args.candidates:
+        extra = [line.strip() for line in Path(args.candidates).read_text(encoding="utf-8").splitlines()
+                 if line.strip()]
+        if not extra:
+            raise ValueError(f"{args.candidates}: no captions in it; expected one candidate caption per line")
     cfg = ExperimentConfig(EncoderConfig(ck["encoder"], ck["tokens"]), TextConfig(ck["text"]))
     enc, txt = load_vision_encoder(cfg.encoder.name), load_text_space(cfg.text.name)
     projector, _ = load_checkpoint(args.checkpoint, token_dim(enc.hidden_size, cfg.encoder.tokens), txt.dim,
                                    cfg.encoder.name, cfg.text.name)
-    dataset = args.dataset or ck.get("dataset", "scenes-1obj")
-    train, test = load_split(dataset, args.n_train, args.n_test, args.seed)
+    dataset = args.dataset or ck.get("dataset") or "scenes-1obj"
+    train, test, split = _eval_split(args, ck, dataset)
     feats = featurize(cfg, test, progress=_tqdm_progress("encoding"))
     pooling = ck.get("pooling", "mean")
-    report = {"closed_set": evaluate(projector, feats.tokens, feats.text, pooling)}
-    from .data import SCENES
-
-    if dataset in SCENES:  # open set: seen captions, held-out captions and every hard-negative twin as candidates
-        from .openset import candidate_set, open_set_report
-        from .train import embed
-
-        captions, metas = candidate_set(train, test)
-        report["open_set"] = open_set_report(embed(projector, feats.tokens, pooling), test, captions, metas,
-                                             txt.encode)
+    report = {"split": split, "closed_set": evaluate(projector, feats.tokens, feats.text, pooling)}
+    # open set: every seen and held-out caption, each hard-negative twin (scenes) and the given candidates compete;
+    # per-attribute accuracy from the scenes' facts or a folder's metadata columns
+    attributes = ATTRIBUTES if dataset in SCENES else metadata_attributes(list(train) + list(test))
+    captions, metas = candidate_set(train, test, attributes, extra)
+    report["open_set"] = open_set_report(embed(projector, feats.tokens, pooling), test, captions, metas, txt.encode,
+                                         attributes)
     print(json.dumps(report, indent=2))
 
 
@@ -268,21 +361,30 @@ def _add_data_args(p, dataset="scenes-1obj"):
     p.add_argument("--dataset", default=dataset,
                    help="gallery, digits, a synthetic scene set (scenes-1obj, scenes-2obj, scenes-3obj, scenes-count, "
                         "scenes-2obj-rel, scenes-3obj-rel), an imagefolder path or a COCO captions .json")
-    p.add_argument("--n-train", type=int, default=600)
-    p.add_argument("--n-test", type=int, default=200)
+    p.add_argument("--n-train", type=int, default=None, help="training pairs (default 600)")
+    p.add_argument("--n-test", type=int, default=None, help="held-out pairs (default 200; at most a fifth of a folder)")
+
+
+def _add_threads(p):
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
 
 def main(argv=None) -> int:
+    # third-party "Loading weights" / download bars would bury ours; read by huggingface_hub and transformers at import
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from .checkpoints import CheckpointError  # noqa: F401 - a ValueError, caught below
     from .data import SCENES
 
     parser = argparse.ArgumentParser(prog="python -m vlmviz", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("embed", help="run a dataset through a frozen encoder into the feature cache")
+    p = sub.add_parser("embed", help="run a dataset through a frozen encoder into the feature cache (a folder: "
+                                     "every row; a scene set: --n-train + --n-test scenes)")
     p.add_argument("--encoder", default="vit-s14")
     p.add_argument("--cache", help="cache folder (default: $VLMVIZ_CACHE/features)")
     p.add_argument("--seed", type=int, default=0)
+    _add_threads(p)
     _add_data_args(p)
     p.set_defaults(func=cmd_embed)
 
@@ -292,11 +394,18 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="projector.safetensors", help="checkpoint path (safetensors)")
     p.add_argument("--history", help="write the per-step loss history as JSON here")
     p.add_argument("--accelerate", action="store_true", help="use accelerate even in a single process")
+    _add_threads(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="metrics of a checkpoint on a dataset's test split")
+    p = sub.add_parser("eval", help="metrics of a checkpoint: on its own held-out split, or every row of a folder")
     p.add_argument("checkpoint")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=("auto", "test", "all"), default="auto",
+                   help="test: the held-out split the checkpoint recorded (its seed and sizes); all: every usable row "
+                        "of --dataset; auto (default): test on the training dataset, all on any other folder")
+    p.add_argument("--candidates", metavar="FILE", help="extra candidate captions, one per line; the candidates are "
+                   "always every distinct caption of the scored rows (and of the training split with --split test)")
+    p.add_argument("--seed", type=int, default=None, help="split seed (default: the checkpoint's)")
+    _add_threads(p)
     _add_data_args(p, dataset=None)
     p.set_defaults(func=cmd_eval)
 
@@ -322,7 +431,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--loss", choices=LOSSES, default="infonce")
-    p.add_argument("--dataset", default="scenes-1obj", help="a synthetic scene set: " + ", ".join(SCENES))
+    p.add_argument("--dataset", default="scenes-1obj",
+                   help="a synthetic scene set (" + ", ".join(SCENES) + "), an imagefolder path (metadata.jsonl / "
+                        ".csv; its metadata columns are scored as attributes) or a COCO captions .json")
     p.add_argument("--n-train", type=int, default=4000)
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
@@ -376,9 +487,16 @@ def main(argv=None) -> int:
 
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, FloatingPointError) as err:  # the user's input: one line, no traceback
+        print(f"error: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}",
+              file=sys.stderr)
         return 2
     return 0
 

@@ -25,8 +25,8 @@ from .config import TrainConfig
 from .data import SCENES
 from .encoders import load_vision_encoder, select_tokens
 from .features import FeatureCache
-from .openset import (candidate_set, caption_groups, embed_hard_negatives, open_set_report, target_caption,
-                      training_caption)
+from .openset import (ATTRIBUTES, candidate_set, caption_groups, embed_hard_negatives, metadata_attributes,
+                      open_set_report, target_caption, training_caption)
 from .projectors import build_projector
 from .text import load_text_space
 from .train import choose_ridge, embed, fit_least_squares, fit_procrustes, train_projector
@@ -54,6 +54,7 @@ class AblationData:
     groups: torch.Tensor  # (N_train,) scenes stating the same facts share an id (never each other's negatives)
     captions: list[str]  # open-set candidates
     metas: list
+    attributes: tuple  # the facts scored per attribute: the scenes', or a folder's metadata columns
     hard_train: torch.Tensor | None = None  # (N_train, K, D_txt) each scene's own hard-negative captions
     hard_mask: torch.Tensor | None = None  # (N_train, K) which of them are real
 
@@ -75,15 +76,18 @@ def prepare(encoder_name: str, text_name: str, n_train: int = 4000, n_test: int 
 
     if captions not in CAPTIONS:
         raise ValueError(f"captions must be one of {', '.join(CAPTIONS)}; got {captions!r}")
+    if hard_negatives and dataset not in SCENES:  # before any image is encoded
+        raise ValueError(f"hard negatives are the swapped twins that the scene sets carry; {dataset} has none")
     encoder, text = load_vision_encoder(encoder_name), load_text_space(text_name)
     train, test = load_split(dataset, n_train, n_test, seed)
     cache = cache or FeatureCache()
     tokens = cache.tokens(encoder, [s.load() for s in train + test], progress=progress)  # (N_all, N, D_vis)
-    candidates, metas = candidate_set(train, test)
+    attributes = ATTRIBUTES if dataset in SCENES else metadata_attributes(train + test)  # a folder's columns
+    candidates, metas = candidate_set(train, test, attributes)
     pick = {"auto": training_caption, "canonical": target_caption, "drawn": lambda s: s.caption}[captions]
     targets = [pick(s) for s in train]
     data = AblationData(train, test, tokens[:len(train)], tokens[len(train):], text.encode(targets),
-                        caption_groups(train), candidates, metas)
+                        caption_groups(train), candidates, metas, attributes)
     if hard_negatives:
         data.hard_train, data.hard_mask = embed_hard_negatives(text, train)
     return encoder, text, data
@@ -131,7 +135,7 @@ def run_ablation(encoder_name: str = "vit-s14", text_name: str = "smollm2-135m",
     rows = []
 
     def score(img_test) -> dict:
-        return open_set_report(img_test, data.test, data.captions, data.metas, text.encode)
+        return open_set_report(img_test, data.test, data.captions, data.metas, text.encode, data.attributes)
 
     def record(name, kind, reports, params, out_tokens, seconds, steps_done=0):
         row = _mean_rows([{"connector": name, "kind": kind, **rep, "params": params, "out_tokens": out_tokens,

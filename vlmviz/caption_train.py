@@ -48,7 +48,7 @@ def held_out_loss(projector: Projector, vlm: VisualLM, tokens: torch.Tensor, cap
 
 def run_caption(cfg: ExperimentConfig, train: list, test: list, out: str | Path | None = None, callback=None,
                 should_stop=None, accelerator=None, progress=None, cache: FeatureCache | None = None,
-                dataset: str = ""):
+                dataset: str = "", split=None):
     from .experiment import RunResult
 
     x_tr = caption_tokens(cfg, train, cache, progress)  # (N, T, D_vis)
@@ -75,7 +75,7 @@ def run_caption(cfg: ExperimentConfig, train: list, test: list, out: str | Path 
         path = None
         if out is not None and (accelerator is None or accelerator.is_main_process):
             path = save_captioner(out, projector, vlm, cfg.text.name, encoder=cfg.encoder.name,
-                                  tokens=cfg.encoder.tokens, text=cfg.text.name, dataset=dataset,
+                                  tokens=cfg.encoder.tokens, text=cfg.text.name, dataset=dataset, split=split,
                                   steps=result.steps_done, cancelled=result.cancelled, metrics=after or {},
                                   config=cfg.to_dict())
     finally:

@@ -42,9 +42,10 @@ class ProjectorConfig:
     options: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from .projectors.base import _resolve  # validates mlpNx_gelu spellings too
+        from .projectors.base import _resolve, check_options  # validates mlpNx_gelu spellings too
 
-        _resolve(self.family)
+        cls, from_name = _resolve(self.family)
+        check_options(self.family, cls, {**self.options, **from_name})
 
 
 @dataclass
@@ -76,8 +77,10 @@ class TrainConfig:
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        # AdamW moves every weight by about lr per step, so a rate above 1 only diverges (inf, 1e12 ...)
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr <= 1):
+            raise ValueError(f"lr must be a number in (0, 1] (AdamW moves each weight by about lr per step), "
+                             f"got {self.lr}")
         if self.warmup_steps < 0 or self.eval_every < 0:
             raise ValueError("warmup_steps and eval_every must be >= 0")
 

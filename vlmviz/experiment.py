@@ -2,6 +2,7 @@
 dataset -> split -> cached encoder tokens + caption vectors -> train the projector -> metrics -> checkpoint."""
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,21 +19,49 @@ from .text import load_text_space
 from .train import TrainResult, evaluate, train_projector
 
 
-def load_split(dataset: str, n_train: int = 600, n_test: int = 200, seed: int = 0) -> tuple[list, list]:
-    """Synthetic scenes split by held-out attribute combinations; any other dataset by a seeded random split."""
+def load_split(dataset: str, n_train: int = 600, n_test: int = 200, seed: int = 0, log=print) -> tuple[list, list]:
+    """Synthetic scenes split by held-out attribute combinations; any other dataset by a seeded random split.
+    A folder's test split is at most a fifth of it (at least 2 pairs), and a cut is said, never silent."""
     from .data import SCENES, load_dataset, scene_split
 
+    for name, value in (("n_train", n_train), ("n_test", n_test)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive number of image-caption pairs, got {value!r}")
     if dataset in SCENES:
         return scene_split(n_train, n_test, seed=seed, **SCENES[dataset])
     loaded = load_dataset(dataset, n=None if dataset != "digits" else n_train + n_test, seed=seed)
     if loaded.problems:
-        print(f"[vlmviz] {len(loaded.problems)} rows of {dataset} skipped, first: {loaded.problems[0]}")
+        log(f"[vlmviz] {len(loaded.problems)} rows of {dataset} skipped, first: {loaded.problems[0]}")
     samples = list(loaded.samples)
     random.Random(seed).shuffle(samples)
-    n_test = min(n_test, max(2, len(samples) // 5))
-    if len(samples) - n_test < 2:
+    cut = min(n_test, max(2, len(samples) // 5))
+    if cut < n_test:
+        log(f"[vlmviz] {dataset}: test split of {cut} pairs, not {n_test} (a fifth of its {len(samples)} usable pairs "
+            "stays for testing; to score every row of another folder, use eval --split all)")
+    if len(samples) - cut < 2:
         raise ValueError(f"{dataset} has {len(samples)} usable pairs; training needs at least 4")
-    return samples[n_test:n_test + n_train], samples[:n_test]
+    return samples[cut:cut + n_train], samples[:cut]
+
+
+def _digest(samples) -> str:
+    return hashlib.sha1("\n".join(f"{s.id}|{s.caption}" for s in samples).encode()).hexdigest()[:16]
+
+
+def split_record(dataset: str, n_train: int, n_test: int, seed: int, train: list, test: list) -> dict:
+    """What a checkpoint records of its split, so that eval scores the same held-out pairs and can tell when the
+    data changed: the load_split arguments and a digest of the pairs on each side."""
+    return {"dataset": dataset, "n_train": n_train, "n_test": n_test, "seed": seed,
+            "train_digest": _digest(train), "test_digest": _digest(test), "train_size": len(train),
+            "test_size": len(test)}
+
+
+def check_training_set(cfg: ExperimentConfig, dataset: str) -> None:
+    """What can be refused before any image is encoded."""
+    from .data import SCENES
+
+    if cfg.train.hard_negatives and dataset not in SCENES:
+        raise ValueError(f"hard negatives are the color- and role-swapped twins that the synthetic scene sets "
+                         f"({', '.join(SCENES)}) carry; {dataset} has none: drop --hard-negatives")
 
 
 @dataclass
@@ -61,11 +90,14 @@ class RunResult:
 def run(cfg: ExperimentConfig, dataset: str = "scenes-1obj", n_train: int = 600, n_test: int = 200,
         out: str | Path | None = None, callback=None, should_stop=None, accelerator=None, progress=None,
         cache: FeatureCache | None = None) -> RunResult:
+    check_training_set(cfg, dataset)
     train, test = load_split(dataset, n_train, n_test, cfg.train.seed)
+    split = split_record(dataset, n_train, n_test, cfg.train.seed, train, test)
     if cfg.train.loss == "caption":  # LLaVA stage 1 through the frozen LM: its own module
         from .caption_train import run_caption
 
-        return run_caption(cfg, train, test, out, callback, should_stop, accelerator, progress, cache, dataset)
+        return run_caption(cfg, train, test, out, callback, should_stop, accelerator, progress, cache, dataset,
+                           split=split)
     tr = featurize(cfg, train, cache, progress)
     te = featurize(cfg, test, cache, progress) if len(test) >= 2 else None
     encoder, text = load_vision_encoder(cfg.encoder.name), load_text_space(cfg.text.name)
@@ -83,7 +115,7 @@ def run(cfg: ExperimentConfig, dataset: str = "scenes-1obj", n_train: int = 600,
     if out is not None and (accelerator is None or accelerator.is_main_process):
         path = save_checkpoint(out, projector, encoder=cfg.encoder.name, tokens=cfg.encoder.tokens,
                                text=cfg.text.name, pooling=cfg.train.pooling, loss=cfg.train.loss,
-                               dataset=dataset, steps=result.steps_done, cancelled=result.cancelled,
+                               dataset=dataset, split=split, steps=result.steps_done, cancelled=result.cancelled,
                                metrics={k: v for k, v in (after or {}).items() if isinstance(v, (int, float))},
                                config=cfg.to_dict())
     return RunResult(result, before, after, path)

@@ -81,6 +81,20 @@ def embed_hard_negatives(text, train: Sequence) -> tuple[torch.Tensor, torch.Ten
     return vectors[picks] * mask[..., None], mask
 
 
+NOT_ATTRIBUTES = ("image_id", "source", "license", "canonical", *HARD_NEGATIVES)
+
+
+def metadata_attributes(samples: Sequence) -> tuple[str, ...]:
+    """The metadata columns of a user's folder that read as attributes to score (acc_<column>): scalar values that
+    repeat across rows (a column unique to every row is an id, not an attribute)."""
+    values: dict[str, list] = {}
+    for sample in samples:
+        for key, value in sample.meta.items():
+            if key not in NOT_ATTRIBUTES and isinstance(value, (str, int, bool)) and value != "":
+                values.setdefault(key, []).append(value)
+    return tuple(k for k, v in values.items() if len(set(v)) < len(v))
+
+
 def candidate_set(train: Sequence, test: Sequence, attributes: Sequence[str] = ATTRIBUTES,
                   extra: Sequence[str] = ()) -> tuple[list[str], list[dict | None]]:
     """Unique captions of train + test + swapped test captions, with the attributes each one states (None when

@@ -34,3 +34,18 @@ def test_map_and_metrics_state_n_and_k(method):
     assert set(result.frame.kind) == {"image", "caption"}
     assert result.metrics["N"] == len(samples) and result.metrics["k"] == 10
     assert method.upper() in result.note
+
+
+def test_python_api_mistakes_say_what_was_expected(cat):
+    """The API a notebook user calls: each mistake is a ValueError naming what was expected."""
+    from vlmviz.images import load_image
+
+    pipe = Pipeline.build("vit-s14", "minilm-l6", "linear", "cls+mean")
+    for captions in (None, [1, 2], 5):
+        with pytest.raises(ValueError, match="captions must be text .* or a list of strings"):
+            pipe.rank_captions(cat.path, captions)
+    with pytest.raises(ValueError, match="got NoneType; expected an image: a file path, PIL image"):
+        pipe.rank_captions(None, ["a cat"])
+    with pytest.raises(ValueError, match="got NoneType; expected an image"):
+        load_image(None)
+    assert [r["caption"] for r in pipe.rank_captions(cat.path, ["a cat", "a dog"])] != []

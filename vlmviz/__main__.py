@@ -65,7 +65,8 @@ def cmd_embed(args):
             _warn(f"[vlmviz] {len(loaded.problems)} rows of {args.dataset} skipped, first: {loaded.problems[0]}")
         samples = loaded.samples
     cache = FeatureCache(args.cache)
-    tokens = cache.tokens(encoder, [s.load() for s in samples], progress=_tqdm_progress(f"encoding with {args.encoder}"))
+    tokens = cache.tokens(encoder, [s.load() for s in samples],
+                          progress=_tqdm_progress(f"encoding with {args.encoder}"))
     print(f"{len(samples)} images -> tokens {tuple(tokens.shape)}; {cache.hits} cache hits, {cache.misses} encoded")
 
 

@@ -32,7 +32,9 @@ def clean_captions(captions: Sequence[str] | str) -> list[str]:
     """Captions from a list or from text with one caption per line; blank lines are dropped."""
     if isinstance(captions, str):
         captions = captions.splitlines()
-    cleaned = [c.strip() for c in captions if c and c.strip()]
+    if not isinstance(captions, (list, tuple)) or not all(isinstance(c, str) for c in captions):
+        raise ValueError(f"captions must be text (one caption per line) or a list of strings, got {captions!r:.80}")
+    cleaned = [c.strip() for c in captions if c.strip()]
     if not cleaned:
         raise ValueError("no captions given; expected at least one non-empty caption (one per line)")
     if len(cleaned) > MAX_CAPTIONS:

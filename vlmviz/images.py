@@ -24,6 +24,9 @@ class ImageLoadError(ValueError):
 
 
 def _open(src: ImageLike, name: str) -> Image.Image:
+    if src is None or not isinstance(src, (Image.Image, np.ndarray, bytes, bytearray, str, Path)):
+        raise ImageLoadError(f"{name}: got {type(src).__name__}; expected an image: a file path, PIL image, numpy "
+                             "array or encoded bytes")
     if isinstance(src, Image.Image):
         return src
     if isinstance(src, np.ndarray):

@@ -98,7 +98,9 @@ def _max_bytes() -> int:
 class FeatureCache:
     def __init__(self, root: str | Path | None = None, dtype: torch.dtype = torch.float16,
                  max_bytes: int | None = None):
-        self.root = Path(root) if root is not None else cache_dir("features")
+        # VLMVIZ_FEATURES moves only the token cache (tests start it empty without rebuilding converted models)
+        env = os.environ.get("VLMVIZ_FEATURES")
+        self.root = Path(root) if root is not None else Path(env) if env else cache_dir("features")
         self.dtype = dtype
         self.max_bytes = max_bytes if max_bytes is not None else _max_bytes()
         self.encoder_calls = 0  # batches sent to an encoder by this cache (tests count them)

@@ -36,6 +36,10 @@ CSS = """
   overflow: hidden}
 #scores th, #scores thead span {white-space: nowrap; word-break: normal}
 #scores td {vertical-align: top}
+#scores td:not(:nth-child(2)) span {white-space: nowrap; word-break: normal}
+#gallery .grid-container {grid-template-columns: repeat(7, minmax(0, 1fr)) !important;
+  grid-template-rows: none !important; grid-auto-rows: auto !important; gap: 6px !important}
+#gallery .thumbnail-item {aspect-ratio: 1 / 1; min-height: 0 !important}
 .vv-note {color: var(--body-text-color-subdued); font-size: 0.9em}
 .vv-msg p {margin: 0.2em 0}
 footer {display: none !important}
@@ -97,7 +101,7 @@ def inspect(image, captions, encoder, text, projector, tokens, temperature, chec
     pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
     rows = pipe.rank_captions(img, captions, temperature)
     label = {r["caption"]: r["prob"] for r in rows}
-    table = [[i + 1, _clamp(r["caption"]), round(r["cosine"], 4), round(r["prob"], 4),
+    table = [[i + 1, _clamp(r["caption"]), round(r["cosine"], 3), round(r["prob"], 3),
               ", ".join(f"#{j}" for j in r["collides_with"])] for i, r in enumerate(rows)]
     caps = [r["caption"] for r in rows]
     colliding = sum(bool(r["collides_with"]) for r in rows)
@@ -164,9 +168,11 @@ def _dataset(name: str, n: int):
     return result.samples[:n], len(result.problems)
 
 
-def bound_pairs(dataset, n, cap):
+def bound_pairs(dataset, cap):
+    """The slider offers what the dataset has. The slider is not an input here: Gradio checks an input against
+    the bounds it has just been given, so a second quick change would fail on the old, larger value."""
     top = session.dataset_limit(dataset, int(cap))
-    return gr.update(maximum=top, value=min(int(n), top))
+    return gr.update(maximum=top, value=top) if top < cap else gr.update(maximum=cap)
 
 
 @contained("map", lambda msg: (None, [], msg))
@@ -245,9 +251,8 @@ def train(recipe, family, loss, pooling, tokens, steps, lr, batch, weight_decay,
     status = job.summary()
     if job.checkpoint and loss == "caption":
         status += " Caption-trained: **Describe** in Inspect writes what it sees."
-    selected = job.checkpoint[0] if job.checkpoint else gr.update()
-    yield (figure, table, status, job.checkpoint[1] if job.checkpoint else None,
-           gr.update(choices=choices(checkpoints), value=selected), checkpoints)
+    menu = gr.update(choices=choices(checkpoints), **({"value": job.checkpoint[0]} if job.checkpoint else {}))
+    yield figure, table, status, job.checkpoint[1] if job.checkpoint else None, menu, checkpoints
 
 
 def caption_settings(loss):
@@ -339,9 +344,10 @@ def build_demo() -> gr.Blocks:
                 with gr.Column(scale=6):
                     ranking = gr.Label(num_top_classes=8, label="Captions ranked by cosine (softmax at T)",
                                        elem_id="ranking")
-                    scores = gr.Dataframe(headers=["#", "caption", "cosine", "softmax", "same vector as"],
-                                          label="Scores", elem_id="scores", wrap=True,
-                                          column_widths=["7%", "55%", "12%", "12%", "14%"])
+                    scores = gr.Dataframe(headers=["#", "caption", "cosine", "softmax", "same as"],
+                                          label="Scores ('same as': captions whose text vectors are identical)",
+                                          elem_id="scores", wrap=True,
+                                          column_widths=["40px", "auto", "72px", "76px", "72px"])
             with gr.Row():
                 with gr.Column():
                     heat_caption = gr.Dropdown([], label="Caption for the patch heatmap", elem_id="heat-caption")
@@ -392,7 +398,7 @@ def build_demo() -> gr.Blocks:
                 batch = gr.Slider(8, 256, value=cfg.train.batch_size, step=8, label="Batch")
                 weight_decay = gr.Number(cfg.train.weight_decay, label="Weight decay", elem_id="weight-decay")
                 train_data = gr.Dropdown(list_datasets(), value=first.dataset, label="Dataset", elem_id="train-data")
-                n_train = gr.Slider(8, TRAIN_CAP, value=first.n_train, step=4, label="Training pairs",
+                n_train = gr.Slider(8, TRAIN_CAP, value=first.n_train, step=1, label="Training pairs",
                                     elem_id="n-train")
                 caption_mode = gr.Dropdown(list(CAPTION_MODES), value="prefix", elem_id="caption-mode",
                                            label="Caption: visual tokens as LM prefix, or cross-attention")
@@ -439,27 +445,28 @@ def build_demo() -> gr.Blocks:
                                          train_data, n_train, train_encoder, train_text, recipe_note],
                   api_visibility="private")
         gallery.select(pick_gallery, None, [image, captions])
-        image.change(lambda: (None, [], None, gr.update(choices=[], value=None), None, "", ""), None,
-                     [ranking, scores, shapes, heat_caption, words, words_note, inspect_msg],
-                     api_visibility="private")  # a new image: nothing about the old one stays on screen
-        run.click(inspect, [image, captions, *model, temperature, checkpoints],
-                  [ranking, scores, shapes, heat_caption, inspect_msg], concurrency_limit=4, concurrency_id="inspect",
-                  preprocess=False).then(
-            nearest_words, [image, *model, checkpoints], [words, words_note], concurrency_limit=4, preprocess=False)
+        # a new image is ranked at once, so nothing about the previous one stays on screen
+        for trigger, api in ((run.click, "inspect"), (image.change, "inspect_on_change")):
+            trigger(inspect, [image, captions, *model, temperature, checkpoints],
+                    [ranking, scores, shapes, heat_caption, inspect_msg], concurrency_limit=4,
+                    concurrency_id="inspect", preprocess=False, api_name=api,
+                    api_visibility="public" if api == "inspect" else "private").then(
+                nearest_words, [image, *model, checkpoints], [words, words_note], concurrency_limit=4,
+                preprocess=False, api_visibility="private" if api != "inspect" else "public")
         describe_btn.click(describe_image, [image, projector, describe_mode, checkpoints], description,
                            api_name="describe", concurrency_limit=2, concurrency_id="describe", preprocess=False)
         heat_caption.change(heatmap, [image, heat_caption, *model, checkpoints], [heat, heat_note],
                             concurrency_limit=4, preprocess=False)
         projector.change(follow_checkpoint, [projector, checkpoints], [encoder, text, tokens, connector_note],
                          api_visibility="private")
-        dataset.change(functools.partial(bound_pairs, cap=MAP_CAP), [dataset, n_points], n_points,
+        dataset.change(functools.partial(bound_pairs, cap=MAP_CAP), dataset, n_points,
                        api_visibility="private")
         map_btn.click(make_map, [dataset, n_points, method, per_token, *model, checkpoints],
                       [map_plot, map_metrics, map_note], concurrency_limit=2)
         recipe.input(apply_recipe, recipe, [family, loss, pooling, train_tokens, steps, lr, batch, weight_decay,
                                             train_data, n_train, train_encoder, train_text, recipe_note],
                      api_visibility="private")
-        train_data.input(functools.partial(bound_pairs, cap=TRAIN_CAP), [train_data, n_train], n_train,
+        train_data.input(functools.partial(bound_pairs, cap=TRAIN_CAP), train_data, n_train,
                          api_visibility="private")
         start.click(train, [recipe, family, loss, pooling, train_tokens, steps, lr, batch, weight_decay, train_data,
                             n_train, caption_mode, train_encoder, train_text, owner, checkpoints],

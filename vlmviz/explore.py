@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,6 +250,11 @@ def warm_up_in_background(encoder: str = "vit-s14", text: str = "smollm2-135m") 
     return thread
 
 
+# pooled vectors, caption vectors and metrics of recent maps, per projector object (weakly held: a pipeline
+# evicted from the cache takes its entries with it, and a later projector can never inherit them)
+_MAPPED: "weakref.WeakKeyDictionary[Projector, OrderedDict]" = weakref.WeakKeyDictionary()
+
+
 @dataclass
 class MapResult:
     frame: "object"  # pandas DataFrame: x, y, kind, pair, caption
@@ -271,12 +277,24 @@ def build_map(pipeline: Pipeline, samples: Sequence, method: str = "pca", per_to
         raise ValueError(f"a map needs at least 3 image-caption pairs, got {len(samples)}")
     images = [s.load() for s in samples]
     captions = [s.caption for s in samples]
-    # through the disk cache: a second map (or Compare, or training) of the same images skips the encoder
-    vis = (cache or FeatureCache()).tokens(pipeline.encoder, images, progress=progress)  # (B, N, D_vis)
-    projected = pipeline.project(vis)  # (B, M, D_txt)
-    pooled = pool_tokens(projected, pipeline._vector_pooling)  # (B, D_txt)
-    txt = pipeline.text.encode(captions)  # (B, D_txt)
-    metrics = alignment_report(pooled, txt, k=10)
+    keys = [image_hash(im) for im in images]
+    memo = _MAPPED.setdefault(pipeline.projector, OrderedDict())
+    key = (pipeline.encoder.cache_id, pipeline.tokens, pipeline._vector_pooling, pipeline.text.cache_id,
+           tuple(keys), tuple(captions))
+    if key in memo and not per_token:  # the same pairs through the same connector: only reduce and draw
+        memo.move_to_end(key)
+        projected, (pooled, txt, metrics) = None, memo[key]
+    else:
+        # through the disk cache: a second map (or Compare, or training) of the same images skips the encoder
+        vis = (cache or FeatureCache()).tokens(pipeline.encoder, images, progress=progress, keys=keys)
+        projected = pipeline.project(vis)  # (B, M, D_txt)
+        pooled = pool_tokens(projected, pipeline._vector_pooling)  # (B, D_txt)
+        txt = pipeline.text.encode(captions)  # (B, D_txt)
+        metrics = alignment_report(pooled, txt, k=10)
+        # per-token maps need every projected token, too large to keep; the pooled side is small
+        memo[key] = (pooled, txt, metrics)
+        while len(memo) > 4:
+            memo.popitem(last=False)
     if per_token:
         m = projected.shape[1]
         pick = torch.linspace(0, m - 1, min(m, max_tokens_per_image)).round().long()

@@ -120,11 +120,12 @@ class FeatureCache:
     def _write_manifest(self, folder: Path, manifest: dict) -> None:
         atomic_write(folder / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
 
-    def tokens(self, encoder, images: Sequence, batch_size: int = 32, progress=None) -> torch.Tensor:
+    def tokens(self, encoder, images: Sequence, batch_size: int = 32, progress=None,
+               keys: Sequence[str] | None = None) -> torch.Tensor:
         """Tokens (B, N, D_vis) float32 for `images` (paths, bytes or PIL images), encoding only cache misses.
         progress(done, total) is called every few encoded images; raising EncodingCancelled from it stops the
-        encoding (the shards written so far stay cached)."""
-        keys = [image_hash(im) for im in images]
+        encoding (the shards written so far stay cached). `keys`: their image_hash values, when already known."""
+        keys = list(keys) if keys is not None else [image_hash(im) for im in images]
         folder = self._folder(encoder)
         found = self._read(folder, self._manifest(folder), keys)
         missing = list(dict.fromkeys(k for k in keys if k not in found))  # each distinct image once

@@ -88,12 +88,9 @@ def map_figure(frame: pd.DataFrame, title: str = "", thumbnails: list[Image.Imag
 
     fig = go.Figure()
     img, txt = frame[frame.kind == "image"], frame[frame.kind == "caption"]
-    lines_x, lines_y = [], []
-    for pair, row in img.set_index("pair").iterrows():
-        match = txt[txt.pair == pair]
-        if len(match):
-            lines_x += [row.x, match.x.iloc[0], None]
-            lines_y += [row.y, match.y.iloc[0], None]
+    ends = img.merge(txt.drop_duplicates("pair"), on="pair", suffixes=("", "_txt"))  # one row per joined pair
+    lines_x = np.column_stack([ends.x, ends.x_txt, np.full(len(ends), np.nan)]).ravel()  # NaN breaks the line
+    lines_y = np.column_stack([ends.y, ends.y_txt, np.full(len(ends), np.nan)]).ravel()
     fig.add_trace(go.Scatter(x=lines_x, y=lines_y, mode="lines", line=dict(color="rgba(120,120,120,0.35)", width=1),
                              hoverinfo="skip", name="matched pair"))
     for part, name, color, symbol in ((img, point_name, IMAGE_COLOR, "circle"),

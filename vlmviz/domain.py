@@ -1,0 +1,71 @@
+"""Says, in one sentence, whether a connector's ranking means anything on the image it is shown.
+
+A connector learns one kind of image: the built-in scenes connector ranks a photo of an astronaut as "a red car"
+with 87 % confidence, and nothing on the screen said it never saw a photo (issue 14). `domain_note` reads what the
+checkpoint recorded (its `domain`, or the dataset it trained on) and compares it with where the image came from.
+Pure: no model is loaded, so the app can call it on every ranking.
+
+    domain_note(scenes_pipe, "photo")  # -> "this connector was trained on synthetic shapes; on a photo its ranking means little"
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+# where the app's image came from -> how a sentence names it
+SOURCES = {"photo": "a photo", "scene": "a synthetic scene", "digit": "a digit", "upload": "your own image"}
+# what a connector was trained on -> (how to say it, the image source it fits); the photo connector was never
+# trained on image-caption pairs (vlmviz.concepts), so it is "made for" photos
+DOMAINS = {"photos": ("made for natural photos (ImageNet's 1000 concepts)", "photo"),
+           "scenes": ("trained on synthetic shapes", "scene"),
+           "digits": ("trained on 8x8 handwritten digits", "digit")}
+
+
+def _config(pipeline_or_config) -> dict | None:
+    """The checkpoint config of a Pipeline, a config dict as is, None for an untrained projector."""
+    if pipeline_or_config is None or isinstance(pipeline_or_config, dict):
+        return pipeline_or_config or None
+    return getattr(pipeline_or_config, "info", None) or None
+
+
+def connector_domain(config: dict | None) -> str | None:
+    """'photos', 'scenes', 'digits', another dataset's name (a user folder), or None when it is not recorded."""
+    if not config:
+        return None
+    if config.get("domain"):
+        return config["domain"]
+    dataset = str(config.get("dataset") or (config.get("split") or {}).get("dataset") or "")
+    if dataset.startswith("scenes"):
+        return "scenes"
+    if dataset == "gallery":
+        return "photos"
+    return dataset or None
+
+
+def held_out_figure(config: dict) -> str:
+    """The held-out figure the checkpoint recorded, for the sentence that says a connector fits."""
+    metrics = config.get("metrics") or {}
+    if "i2t_R@1" in metrics:
+        return f" (held-out R@1 {metrics['i2t_R@1']:.2f} against {metrics.get('candidates', '?')} captions)"
+    if "gallery_top1" in metrics:
+        return f" (true caption first for {metrics['gallery_top1']} of {metrics['gallery_photos']} gallery photos)"
+    return ""
+
+
+def domain_note(pipeline_or_config, image_source: str = "upload") -> str:
+    """A short sentence for beside the ranking. image_source: 'photo' (the gallery), 'scene' (the scenes gallery),
+    'digit', or 'upload' (anything else: we cannot tell what it shows)."""
+    if image_source not in SOURCES:
+        raise ValueError(f"image_source must be one of {', '.join(SOURCES)}; got {image_source!r}")
+    config = _config(pipeline_or_config)
+    if config is None:
+        return "untrained connector: its rankings are chance (a random map); pick a built-in or trained one"
+    domain = connector_domain(config)
+    if domain is None:
+        return "what this connector was trained on is not recorded: read its ranking with care"
+    said, fits = DOMAINS.get(domain, (f"trained on '{Path(domain).name}'", None))  # a folder: its name, not a path
+    image = SOURCES[image_source]
+    if image_source == fits:
+        return f"{said}, and this is {image} of that kind{held_out_figure(config)}"
+    if image_source == "upload":
+        return f"{said}: its ranking means something only if your image is of that kind"
+    return f"this connector was {said}; on {image} its ranking means little"

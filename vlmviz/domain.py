@@ -3,12 +3,14 @@
 A connector learns one kind of image: the built-in scenes connector ranks a photo of an astronaut as "a red car"
 with 87 % confidence, and nothing on the screen said it never saw a photo (issue 14). `domain_note` reads what the
 checkpoint recorded (its `domain`, or the dataset it trained on) and compares it with where the image came from.
-Pure: no model is loaded, so the app can call it on every ranking.
+No model is loaded, so the app can call it on every ranking.
 
-    domain_note(scenes_pipe, "photo")  # -> "this connector was trained on synthetic shapes; on a photo its ranking means little"
+    domain_note(scenes_pipe, "photo")  # "this connector was trained on synthetic shapes; on a photo its ranking ..."
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 
 # where the app's image came from -> how a sentence names it
@@ -69,3 +71,30 @@ def domain_note(pipeline_or_config, image_source: str = "upload") -> str:
     if image_source == "upload":
         return f"{said}: its ranking means something only if your image is of that kind"
     return f"this connector was {said}; on {image} its ranking means little"
+
+
+def _digest(path) -> str | None:
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    except (OSError, TypeError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _known() -> dict[str, str]:
+    """sha1 of each gallery photo and scenes-gallery image -> its source. By content, not by path, because the
+    web app hands handlers a copy of the file in its own temp folder."""
+    from .data import load_gallery
+    from .scene_connector import scenes_gallery
+
+    known = {_digest(item.path): "photo" for item in load_gallery()}
+    known.update({_digest(item.path): "scene" for item in scenes_gallery()})
+    return known
+
+
+def image_source(image) -> str:
+    """'photo' for a gallery photo, 'scene' for a scenes-gallery image, 'upload' for anything else (a path, or an
+    image object, whose kind we cannot tell)."""
+    if not isinstance(image, (str, Path)):
+        return "upload"
+    return _known().get(_digest(image), "upload")

@@ -366,7 +366,8 @@ def build_demo() -> gr.Blocks:
                 dataset = gr.Dropdown(list_datasets(), value="gallery", label="Dataset", elem_id="map-data")
                 n_points = gr.Slider(3, len(GALLERY), value=len(GALLERY), step=1, label="Pairs", elem_id="pairs")
                 method = gr.Radio([m.upper() if m != "tsne" else "t-SNE" for m in METHODS], value="PCA",
-                                  label="Map (images are encoded once and cached; UMAP and t-SNE fits are cached)")
+                                  label="Map", info="images are encoded once and cached, and so are UMAP and t-SNE "
+                                  "fits")
                 per_token = gr.Checkbox(False, label="per projected token")
                 map_btn = gr.Button("Draw map", variant="primary", elem_id="draw-map")
             with gr.Row():

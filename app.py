@@ -16,7 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from vlmviz import describe, explore, plots, session  # noqa: E402
+from vlmviz import builtins, describe, domain, explore, plots, scene_connector, session  # noqa: E402
 from vlmviz.config import CAPTION_MODES, CAPTION_TRAIN, POOLINGS, TOKEN_MODES  # noqa: E402
 from vlmviz.data import list_datasets, load_dataset, load_gallery  # noqa: E402
 from vlmviz.encoders import list_vision_encoders  # noqa: E402
@@ -26,6 +26,8 @@ from vlmviz.reduce import METHODS  # noqa: E402
 from vlmviz.text import list_text_spaces  # noqa: E402
 
 GALLERY = load_gallery()
+SCENES = scene_connector.scenes_gallery()  # held-out scenes: what the scenes connector is for
+BUILT_INS = list(builtins.BUILT_IN)  # trained connectors ready on arrival, the photo one first
 FAMILIES = ["linear", "mlp2x_gelu"] + [p for p in list_projectors() if p not in ("linear", "mlp", "identity")]
 UNTRAINED = [f"untrained {f}" for f in FAMILIES]
 RECIPES = session.recipes()
@@ -80,7 +82,7 @@ def contained(action: str, fallback):
 
 
 def choices(checkpoints: dict) -> list[str]:
-    return list(checkpoints) + UNTRAINED
+    return BUILT_INS + list(checkpoints) + UNTRAINED
 
 
 def _ck_rows(checkpoints):
@@ -88,9 +90,22 @@ def _ck_rows(checkpoints):
 
 
 # ---- Inspect ------------------------------------------------------------------------------------------------
-def pick_gallery(evt: gr.SelectData):
+def pick_gallery(projector, evt: gr.SelectData):
     item = GALLERY[evt.index]
-    return str(item.path), "\n".join([item.caption, *item.distractors])
+    return str(item.path), "\n".join([item.caption, *item.distractors]), builtins.fitting_built_in(projector, "photo")
+
+
+def pick_scene(projector, evt: gr.SelectData):
+    item = SCENES[evt.index]  # its caption, its color-swapped twin and other held-out captions
+    return str(item.path), "\n".join([item.caption, *item.distractors]), builtins.fitting_built_in(projector, "scene")
+
+
+def connector_fit(image, projector, checkpoints):
+    """Beside the ranking: whether this connector's ranking means anything on this kind of image."""
+    try:
+        return domain.choice_note(projector, checkpoints, image)
+    except Exception:  # noqa: BLE001 - Inspect has already said what is wrong
+        return ""
 
 
 def _clamp(text: str, n: int = 90) -> str:
@@ -156,6 +171,15 @@ def follow_checkpoint(projector, checkpoints):
         fixed = dict(interactive=False, info="set by the chosen checkpoint")
         note = (f"Trained on **{info['dataset'] or 'unknown data'}** ({info['steps']} steps"
                 f"{', cancelled' if info['cancelled'] else ''}); outside that data its ranking means little.")
+        return (gr.update(value=info["encoder"], **fixed), gr.update(value=info["text"], **fixed),
+                gr.update(value=info["tokens"], **fixed), note)
+    if projector in builtins.BUILT_IN:  # built from the bundled models on first use (setup.sh builds them ahead)
+        try:
+            info = session.checkpoint_summary(builtins.built_in_checkpoint(projector))
+            note = builtins.built_in_note(projector)
+        except Exception as err:  # noqa: BLE001
+            return gr.update(), gr.update(), gr.update(), session.report(err, "building the built-in connector")
+        fixed = dict(interactive=False, info="set by the built-in connector")
         return (gr.update(value=info["encoder"], **fixed), gr.update(value=info["text"], **fixed),
                 gr.update(value=info["tokens"], **fixed), note)
     free = dict(interactive=True, info=None)
@@ -316,11 +340,12 @@ def build_demo() -> gr.Blocks:
                                   allow_custom_value=True, elem_id="encoder")
             text = gr.Dropdown(list_text_spaces(), value="smollm2-135m", label="Text space (frozen)",
                                allow_custom_value=True, elem_id="text")
-            projector = gr.Dropdown(UNTRAINED, value="untrained linear", label="Connector", elem_id="projector")
+            projector = gr.Dropdown(BUILT_INS + UNTRAINED, value=builtins.PHOTO_CONSE, label="Connector",
+                                    elem_id="projector")
             tokens = gr.Dropdown(list(TOKEN_MODES), value="all", label="Encoder tokens fed to the connector",
                                  elem_id="tokens")
-        connector_note = gr.Markdown("Untrained connector: its ranking is chance. Train one in the Train tab.",
-                                     elem_classes="vv-note", elem_id="connector-note")
+        connector_note = gr.Markdown(f"**{builtins.PHOTO_CONSE}**: a built-in connector made for natural photos.",
+                                     elem_classes="vv-note", elem_id="connector-note")  # filled on page load
 
         with gr.Tab("Inspect", id="inspect"):
             with gr.Row():
@@ -331,6 +356,9 @@ def build_demo() -> gr.Blocks:
                     gallery = gr.Gallery([(str(g.path), g.name) for g in GALLERY], columns=8, height="auto",
                                          label="Gallery (real images, captions written by us)", object_fit="cover",
                                          allow_preview=False, elem_id="gallery")
+                    scenes = gr.Gallery([(str(g.path), g.name) for g in SCENES], columns=8, height="auto",
+                                        label="Scenes (synthetic, held out from the scenes connector's training)",
+                                        object_fit="contain", allow_preview=False, elem_id="scenes-gallery")
                     captions = gr.Textbox(lines=6, label="Candidate captions, one per line", elem_id="captions",
                                           value="\n".join([GALLERY[0].caption, *GALLERY[0].distractors]))
                     with gr.Row():
@@ -346,6 +374,7 @@ def build_demo() -> gr.Blocks:
                 with gr.Column(scale=6):
                     ranking = gr.Label(num_top_classes=8, label="Captions ranked by cosine (softmax at T)",
                                        elem_id="ranking")
+                    fit_note = gr.Markdown(elem_classes="vv-note", elem_id="fit-note")  # does the connector fit?
                     scores = gr.Dataframe(headers=["#", "caption", "cosine", "softmax", "same as"],
                                           label="Scores ('same as': captions whose text vectors are identical)",
                                           elem_id="scores", wrap=True,
@@ -444,10 +473,13 @@ def build_demo() -> gr.Blocks:
         model = [encoder, text, projector, tokens]
         demo.load(restore, browser, [browser, owner, checkpoints, projector, proj_a, proj_b, ck_list],
                   api_visibility="private")
+        demo.load(follow_checkpoint, [projector, checkpoints], [encoder, text, tokens, connector_note],
+                  api_visibility="private")  # the default built-in fixes the top bar to what it reads
         demo.load(apply_recipe, recipe, [family, loss, pooling, train_tokens, steps, lr, batch, weight_decay,
                                          train_data, n_train, train_encoder, train_text, recipe_note],
                   api_visibility="private")
-        gallery.select(pick_gallery, None, [image, captions])
+        gallery.select(pick_gallery, projector, [image, captions, projector])
+        scenes.select(pick_scene, projector, [image, captions, projector])
         # a new image is ranked at once, so nothing about the previous one stays on screen
         for trigger, api in ((run.click, "inspect"), (image.change, "inspect_on_change")):
             trigger(inspect, [image, captions, *model, temperature, checkpoints],
@@ -455,7 +487,8 @@ def build_demo() -> gr.Blocks:
                     concurrency_id="inspect", preprocess=False, api_name=api,
                     api_visibility="public" if api == "inspect" else "private").then(
                 nearest_words, [image, *model, checkpoints], [words, words_note], concurrency_limit=4,
-                preprocess=False, api_visibility="private" if api != "inspect" else "public")
+                preprocess=False, api_visibility="private" if api != "inspect" else "public").then(
+                connector_fit, [image, projector, checkpoints], fit_note, preprocess=False, api_visibility="private")
         describe_btn.click(describe_image, [image, projector, describe_mode, checkpoints], description,
                            api_name="describe", concurrency_limit=2, concurrency_id="describe", preprocess=False)
         heat_caption.change(heatmap, [image, heat_caption, *model, checkpoints], [heat, heat_note],

@@ -95,3 +95,12 @@ def built_in_note(label: str) -> str:
     recipe = ", ".join(f"{k} {v}" for k, v in config.get("recipe", {}).items())
     return (f"**{label}**: {config.get('trained_on', 'training data not recorded')} "
             f"Measured{held_out_figure(config) or ': nothing recorded'}. Recipe: {recipe}.")
+
+
+def fitting_built_in(choice: str, source: str) -> str:
+    """The built-in made for `source` ('photo' or 'scene', vlmviz.domain) when `choice` is a built-in, so that
+    picking a scene swaps the photo connector for the scenes one and back; any other choice (the user's own
+    checkpoint, an untrained family) stays chosen."""
+    domain = {"photo": "photos", "scene": "scenes"}.get(source)
+    fits = [label for label, spec in BUILT_IN.items() if spec.domain == domain]
+    return fits[0] if choice in BUILT_IN and fits else choice

@@ -93,8 +93,20 @@ def _known() -> dict[str, str]:
 
 
 def image_source(image) -> str:
-    """'photo' for a gallery photo, 'scene' for a scenes-gallery image, 'upload' for anything else (a path, or an
-    image object, whose kind we cannot tell)."""
+    """'photo' for a gallery photo, 'scene' for a scenes-gallery image, 'upload' for anything else. `image`: a path,
+    or the web app's file data (a dict with a 'path'); an image object's kind cannot be told: 'upload'."""
+    if isinstance(image, dict):
+        image = image.get("path")
     if not isinstance(image, (str, Path)):
         return "upload"
     return _known().get(_digest(image), "upload")
+
+
+def choice_note(choice: str, checkpoints: dict, image) -> str:
+    """domain_note for the app's Connector choice (one of the session's checkpoints, a built-in, or 'untrained
+    <family>') and the image it ranked; reads only checkpoint headers."""
+    from .builtins import BUILT_IN, built_in_checkpoint
+    from .checkpoints import read_config
+
+    path = checkpoints.get(choice) or (built_in_checkpoint(choice) if choice in BUILT_IN else None)
+    return domain_note(read_config(path) if path else None, image_source(image))

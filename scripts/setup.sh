@@ -21,6 +21,23 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     || { echo "[setup] requirements did not install; see the pip output above" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
+# The built-in connectors (photo concepts, scenes), so the app opens with trained connectors ready: about 2 minutes
+# once, then skipped while the installed requirements and the files holding their recipes are unchanged and the
+# checkpoints are still in the cache ($VLMVIZ_CACHE/connectors, where the app and the tests read them).
+cstamp=.venv/.vlmviz-connectors
+cwant=$({ cat "$stamp" vlmviz/builtins.py vlmviz/concepts.py vlmviz/scene_connector.py; echo "${VLMVIZ_CACHE:-}"; } \
+        | sha1sum | cut -d' ' -f1)
+connectors_built() {  # the stamp matches and every checkpoint it lists is still there
+  [ "$(head -n 1 "$cstamp" 2>/dev/null)" = "$cwant" ] || return 1
+  local n=0 p
+  while IFS= read -r p; do [ -f "$p" ] || return 1; n=$((n + 1)); done < <(tail -n +2 "$cstamp")
+  [ "$n" -gt 0 ]
+}
+if ! connectors_built; then
+  echo "[setup] building the built-in connectors (about 2 minutes on a fresh machine)"
+  .venv/bin/python scripts/build_connectors.py --list "$cstamp.paths"
+  { echo "$cwant"; cat "$cstamp.paths"; } > "$cstamp" && rm -f "$cstamp.paths"
+fi
 if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
   echo "[setup] installing Debian chromium for the browser tests"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

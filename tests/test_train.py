@@ -143,8 +143,12 @@ def test_least_squares_is_scale_free_and_its_ridge_is_chosen_on_held_out_pairs()
     w2, b2 = fit_least_squares(x * 50.0, y, ridge=1e-3)
     assert torch.allclose(x @ w + b, (x * 50.0) @ w2 + b2, atol=1e-3)
     assert retrieval_metrics(x @ w + b, y)["i2t_R@1"] == 1.0
-    ridge, scores = choose_ridge(x, y)
-    assert ridge in scores and scores[ridge] == max(scores.values())
+    choice, scores = choose_ridge(x, y)
+    assert scores[(choice["standardize"], choice["ridge"])] == max(scores.values())
+    assert {s for s, _ in scores} == {True, False}  # both scalings compete
+    w3, b3 = fit_least_squares(x, y, ridge=1e-3, standardize=False)
+    w4, b4 = fit_least_squares(x * 50.0, y, ridge=1e-3, standardize=False)
+    assert torch.allclose(x @ w3 + b3, (x * 50.0) @ w4 + b4, atol=1e-3)  # RMS scaling is scale-free too
     # ridge 0 is plain least squares: the normal equations hold on standardised features
     w0, b0 = fit_least_squares(x, y, ridge=0.0)
     resid = x @ w0 + b0 - y

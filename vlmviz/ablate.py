@@ -154,10 +154,11 @@ def run_ablation(encoder_name: str = "vit-s14", text_name: str = "smollm2-135m",
     record("untrained linear", "baseline", [score(embed(untrained, x_te[:, None], "mean"))], untrained.num_params,
            1, [0.0])
     t0 = time.perf_counter()
-    ridge, _ = choose_ridge(x_tr, data.text_train, seed=seed)  # standardised, its strength chosen on held-out pairs
-    w, b = fit_least_squares(x_tr, data.text_train, ridge=ridge)
-    record("least squares", f"baseline (ridge {ridge:g})", [score(x_te @ w + b)], w.numel() + b.numel(), 1,
-           [time.perf_counter() - t0])
+    choice, _ = choose_ridge(x_tr, data.text_train, seed=seed)  # ridge and scaling chosen on held-out pairs
+    w, b = fit_least_squares(x_tr, data.text_train, **choice)
+    scaling = "standardised" if choice["standardize"] else "RMS-scaled"
+    record("least squares", f"baseline ({scaling}, ridge {choice['ridge']:g})", [score(x_te @ w + b)],
+           w.numel() + b.numel(), 1, [time.perf_counter() - t0])
     t0 = time.perf_counter()
     r = fit_procrustes(x_tr, data.text_train)
     record("procrustes", "baseline", [score(torch.nn.functional.normalize(x_te - x_tr.mean(0), dim=-1) @ r)],

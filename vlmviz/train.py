@@ -213,15 +213,17 @@ class _Trainable(torch.nn.Module):
         return loss, self.projector.aux_loss()
 
 
-RIDGES = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)  # lambda, in units of N on standardised x
+RIDGES = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)  # lambda, in units of N on scaled x
 
 
-def _ridge_solutions(x: torch.Tensor, y: torch.Tensor, ridges) -> tuple[list[torch.Tensor], torch.Tensor,
-                                                                         torch.Tensor, torch.Tensor]:
-    """Ridge maps for every lambda from one SVD of the standardised, centred features.
-    x (N, D_vis), y (N, D_txt) -> [W (D_vis, D_txt) per lambda] on standardised x, and mean_x, std_x, mean_y."""
+def _ridge_solutions(x: torch.Tensor, y: torch.Tensor, ridges, standardize: bool = True) -> tuple[
+        list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ridge maps for every lambda from one SVD of the scaled, centred features: each dimension to unit variance
+    (standardize) or all of them by one number, their RMS std (the raw geometry, scale-free lambda).
+    x (N, D_vis), y (N, D_txt) -> [W (D_vis, D_txt) per lambda] on scaled x, and mean_x, scale_x, mean_y."""
     x, y = x.double(), y.double()
-    mx, sx, my = x.mean(0), x.std(0).clamp_min(1e-6), y.mean(0)
+    mx, my = x.mean(0), y.mean(0)
+    sx = x.std(0).clamp_min(1e-6) if standardize else x.var(0).mean().sqrt().clamp_min(1e-6).expand(x.shape[1])
     u, sv, vh = torch.linalg.svd((x - mx) / sx, full_matrices=False)  # (N, r), (r,), (r, D_vis)
     uty = u.T @ (y - my)  # (r, D_txt)
     keep = sv > sv.max() * 1e-10  # lambda = 0 is the minimum-norm solution over the non-null directions
@@ -233,39 +235,42 @@ def _ridge_solutions(x: torch.Tensor, y: torch.Tensor, ridges) -> tuple[list[tor
 
 
 def choose_ridge(x: torch.Tensor, y: torch.Tensor, ridges=RIDGES, val_fraction: float = 0.2,
-                 seed: int = 0) -> tuple[float, dict[float, float]]:
-    """The ridge strength whose map, fitted on a seeded (1 - val_fraction) of the pairs, retrieves the held-out rest
-    best (image->text R@1 against their distinct captions; ties go to the lower validation MSE).
-    Returns the chosen lambda and {lambda: validation R@1}."""
+                 seed: int = 0) -> tuple[dict, dict[tuple[bool, float], float]]:
+    """The least-squares map that, fitted on a seeded (1 - val_fraction) of the pairs, retrieves the held-out rest
+    best (image->text R@1 against their distinct captions; ties go to the lower validation MSE), over the ridge
+    strength and whether to standardise each feature (which helps on some encoders and hurts on others: measured
+    in BENCHMARKS.md). Returns {"ridge": lambda, "standardize": bool} and {(standardize, lambda): val R@1}."""
     n = len(x)
     n_val = max(2, int(round(n * val_fraction)))
     if n - n_val < 2:
         raise ValueError(f"choosing the ridge needs at least 4 pairs, got {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val, fit = perm[:n_val], perm[n_val:]
-    solutions, mx, sx, my = _ridge_solutions(x[fit], y[fit], ridges)
-    xv = (x[val].double() - mx) / sx  # (n_val, D_vis)
     scores, best = {}, None
-    for lam, w in zip(ridges, solutions):
-        pred = xv @ w + my  # (n_val, D_txt)
-        r1 = retrieval_metrics(pred.float(), y[val].float(), ks=(1,))["i2t_R@1"]
-        key = (r1, -float((pred - y[val].double()).pow(2).mean()))
-        scores[lam] = r1
-        if best is None or key > best[0]:
-            best = (key, lam)
+    for standardize in (True, False):
+        solutions, mx, sx, my = _ridge_solutions(x[fit], y[fit], ridges, standardize)
+        xv = (x[val].double() - mx) / sx  # (n_val, D_vis)
+        for lam, w in zip(ridges, solutions):
+            pred = xv @ w + my  # (n_val, D_txt)
+            r1 = retrieval_metrics(pred.float(), y[val].float(), ks=(1,))["i2t_R@1"]
+            key = (r1, -float((pred - y[val].double()).pow(2).mean()))
+            scores[(standardize, lam)] = r1
+            if best is None or key > best[0]:
+                best = (key, {"ridge": lam, "standardize": standardize})
     return best[1], scores
 
 
-def fit_least_squares(x: torch.Tensor, y: torch.Tensor, ridge: float | None = None) -> tuple[torch.Tensor,
-                                                                                                torch.Tensor]:
+def fit_least_squares(x: torch.Tensor, y: torch.Tensor, ridge: float | None = None,
+                      standardize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Training-free baseline at its best: W, b minimising ||x W + b - y||^2 + lambda N ||W'||^2, where W' acts on
-    standardised features (each dimension of x scaled to unit variance, as the trainer standardises its input), so
-    the ridge does not depend on feature scale. ridge None: lambda chosen on held-out pairs (choose_ridge).
-    x (N, D_vis), y (N, D_txt); W (D_vis, D_txt) and b (D_txt,) act on raw features."""
+    scaled features (each dimension to unit variance, as the trainer standardises its input, or all by their RMS
+    std), so the ridge does not depend on feature scale. ridge None: the ridge and the scaling are chosen on
+    held-out pairs (choose_ridge). x (N, D_vis), y (N, D_txt); W (D_vis, D_txt) and b (D_txt,) act on raw x."""
     if ridge is None:
-        ridge, _ = choose_ridge(x, y)
-    (w,), mx, sx, my = _ridge_solutions(x, y, (ridge,))
-    w = w / sx[:, None]  # fold the standardisation in: ((x - m) / s) W' = x (W' / s) - m (W' / s)
+        choice, _ = choose_ridge(x, y)
+        ridge, standardize = choice["ridge"], choice["standardize"]
+    (w,), mx, sx, my = _ridge_solutions(x, y, (ridge,), standardize)
+    w = w / sx[:, None]  # fold the scaling in: ((x - m) / s) W' = x (W' / s) - m (W' / s)
     return w.float(), (my - mx @ w).float()
 
 

@@ -12,6 +12,7 @@ Shape legend: N scenes, D_vis = 384, D_pool = 3 * D_vis, D_txt text width.
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
@@ -93,7 +94,6 @@ def scenes_gallery(n: int = 6, distractors: int = 5) -> list:
     from .checkpoints import atomic_write
     from .data.gallery import GalleryItem
     from .openset import target_caption
-    from .paths import cache_dir
 
     _, test = scene_split(1, 8 * n, seed=SEED)  # the test split's first scenes: the same images at any n_train
     picked, seen = [], set()
@@ -103,7 +103,10 @@ def scenes_gallery(n: int = 6, distractors: int = 5) -> list:
             seen.add(combo)
             picked.append(sample)
     picked = picked[:n]
-    folder = cache_dir("scenes-gallery", f"seed{SEED}")
+    # under the system temp folder, not the vlmviz cache: the web app may only hand out files from the working
+    # directory or the temp folder (Gradio refuses other paths); they are redrawn whenever they are missing
+    folder = Path(tempfile.gettempdir()) / "vlmviz-scenes-gallery" / f"seed{SEED}"
+    folder.mkdir(parents=True, exist_ok=True)
     items = []
     for i, sample in enumerate(picked):
         path = folder / f"held-out-{i}.png"

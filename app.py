@@ -509,6 +509,10 @@ def build_demo() -> gr.Blocks:
                     [curve, before_after, status, download, projector, checkpoints], concurrency_limit=4,
                     show_progress="minimal")
         loss.input(caption_settings, loss, [pooling, train_tokens, steps, lr, batch], api_visibility="private")
+        for field in (family, loss, pooling, train_tokens, train_encoder, train_text, steps, lr, batch, weight_decay,
+                      train_data, n_train):  # a figure quoted for the recipe must not stand beside other settings
+            field.input(lambda name: f"Changed from the recipe *{name}*: its expected figure no longer applies "
+                        "(pick the recipe again to restore it).", recipe, recipe_note, api_visibility="private")
         # off the queue: a Cancel must never wait behind the work it cancels
         stop.click(cancel, owner, status, queue=False)
         checkpoints.change(lambda c: [gr.update(choices=choices(c))] * 2 + [_ck_rows(c)], checkpoints,

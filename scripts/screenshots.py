@@ -51,7 +51,7 @@ def tour(pg, url: str, out: Path, train: bool) -> None:
     pg.click("#rank")
     wait_text(pg, "#ranking", "astronaut")
     pg.wait_for_selector("#heatmap img", timeout=LONG)
-    pg.wait_for_function("document.querySelectorAll('#words td').length > 10", timeout=LONG)
+    pg.wait_for_function("document.body.innerText.includes('grid of projected tokens')", timeout=LONG)
     shoot(pg, out, "inspect")
     pg.get_by_role("tab", name="Map").click()
     pg.click("#draw-map")

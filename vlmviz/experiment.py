@@ -13,7 +13,7 @@ from .checkpoints import save_checkpoint
 from .config import ExperimentConfig
 from .encoders import load_vision_encoder, select_tokens, token_dim
 from .features import FeatureCache
-from .openset import embed_hard_negatives, training_caption
+from .openset import caption_groups, embed_hard_negatives, training_caption
 from .projectors import build_projector
 from .text import load_text_space
 from .train import TrainResult, evaluate, train_projector
@@ -106,10 +106,11 @@ def run(cfg: ExperimentConfig, dataset: str = "scenes-1obj", n_train: int = 600,
                                 **cfg.projector.options)
     before = evaluate(projector, te.tokens, te.text, cfg.train.pooling) if te else None
     hard, mask = embed_hard_negatives(text, train) if cfg.train.hard_negatives else (None, None)
+    # scenes stating the same facts in other words are never each other's negatives, as in the ablation
     result = train_projector(projector, tr.tokens, tr.text, cfg.train,
                              te.tokens if te else None, te.text if te else None,
                              callback=callback, should_stop=should_stop, accelerator=accelerator,
-                             hard_negatives=hard, hard_mask=mask)
+                             groups=caption_groups(train), hard_negatives=hard, hard_mask=mask)
     after = result.evals[-1] if result.evals else None
     path = None
     if out is not None and (accelerator is None or accelerator.is_main_process):

@@ -1,4 +1,5 @@
-"""Shared test setup: no network, a fresh feature cache per session, artifacts kept for people to look at."""
+"""Shared test setup: no network, the user's model and connector caches shared (the built-in connectors are built once
+by setup), artifacts kept for people to look at. Tests that need an empty feature cache set VLMVIZ_FEATURES."""
 import os
 from pathlib import Path
 

@@ -51,8 +51,10 @@ footer {display: none !important}
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="orange")
 INTRO = ("**vlmviz** shows what the *connector* of a vision-language model does: a frozen vision encoder turns the "
          "image into tokens, the connector maps them into a frozen text space, and captions are ranked by cosine "
-         "similarity. Untrained connectors rank by chance: train one in the **Train** tab, then pick it here.")
-METRIC_HELP = ("**i2t / t2i R@K**: how often the true caption (image) is among the K nearest · **modality_gap**: "
+         "similarity. The built-in connectors are trained (each says on what); untrained ones rank by chance. Train "
+         "your own in the **Train** tab, then pick it here.")
+METRIC_HELP = ("**i2t / t2i R@K**: how often the true caption (an image carrying the caption) is among the K nearest, "
+               "ranked against the distinct captions (`candidates`) · **modality_gap**: "
                "distance between the mean image and mean caption direction (CLIP about 0.82) · **alignment**: mean "
                "squared distance of true pairs (lower is better) · **uniformity**: how evenly vectors spread (lower "
                "is more uniform) · **mutual_knn**: overlap of image and caption k-nearest neighbours · **cka**: "

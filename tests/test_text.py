@@ -263,7 +263,8 @@ def test_converted_dir_builds_once_and_rebuilds_for_a_new_gguf(tmp_cache, monkey
 # ---------- unknown names ----------
 
 def test_unknown_name_lists_the_bundled_spaces():
-    with pytest.raises(ValueError, match=r"smollm2-135m.*minilm-l6.*sentence-transformers"):
+    with pytest.raises(ValueError, match=r"unknown text space 'no-such-text-space': not one of smollm2-135m, "
+                                         r"smollm2-135m-ctx, minilm-l6, not a local folder"):
         load_text_space("no-such-text-space")
 
 

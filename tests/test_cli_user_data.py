@@ -45,7 +45,7 @@ def test_train_reports_recall_against_distinct_captions(trained):
 
 def test_eval_reuses_the_checkpoints_split_and_warns_when_asked_for_another(trained, folders):
     from vlmviz.checkpoints import read_config
-    from vlmviz.experiment import _digest, load_split
+    from vlmviz.experiment import split_digest, load_split
 
     ck, _ = trained
     recorded = read_config(ck)["split"]
@@ -55,7 +55,7 @@ def test_eval_reuses_the_checkpoints_split_and_warns_when_asked_for_another(trai
     assert report["split"] == {"mode": "test", "dataset": str(folders[0]), "seed": 1, "n_train": 600, "n_test": 20,
                                "N": 20, "same_as_training": True}
     train, test = load_split(str(folders[0]), 600, 20, 1)
-    assert _digest(test) == recorded["test_digest"] and not {s.id for s in train} & {s.id for s in test}
+    assert split_digest(test) == recorded["test_digest"] and not {s.id for s in train} & {s.id for s in test}
     closed = report["closed_set"]
     assert closed["N"] == 20 and closed["candidates"] == len({s.caption for s in test})
     assert closed["i2t_R@1"] >= 0.9 and closed["t2i_R@1"] >= 0.9

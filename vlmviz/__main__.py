@@ -165,7 +165,7 @@ def _eval_split(args, ck: dict, dataset: str):
     """The pairs to score and what they are. 'test': the checkpoint's own held-out split (its recorded seed and
     sizes, so no training image is scored); 'all': every usable row (another folder than the training one)."""
     from .data import SCENES, load_dataset
-    from .experiment import _digest, load_split
+    from .experiment import split_digest, load_split
 
     recorded = ck.get("split") or {}
     trained_on = recorded.get("dataset", ck.get("dataset"))
@@ -197,7 +197,7 @@ def _eval_split(args, ck: dict, dataset: str):
               f"n_test={recorded['n_test']}; scoring another ({', '.join(f'{k}={v}' for k, v in differs.items())}) "
               "can put training images in the test set")
     train, test = load_split(dataset, use["n_train"], use["n_test"], use["seed"], log=_warn)
-    if same and recorded.get("test_digest") and not differs and _digest(test) != recorded["test_digest"]:
+    if same and recorded.get("test_digest") and not differs and split_digest(test) != recorded["test_digest"]:
         _warn(f"warning: {dataset} changed since the checkpoint was trained: its test split is not the one recorded")
     return train, test, {"mode": "test", "dataset": dataset, **use, "N": len(test),
                          "same_as_training": bool(same and not differs)}

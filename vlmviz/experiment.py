@@ -43,7 +43,9 @@ def load_split(dataset: str, n_train: int = 600, n_test: int = 200, seed: int = 
     return samples[cut:cut + n_train], samples[:cut]
 
 
-def _digest(samples) -> str:
+def split_digest(samples) -> str:
+    """sha1 of the (id, caption) pairs on one side of a split: checkpoints record it, so eval can tell when the data
+    changed since training."""
     return hashlib.sha1("\n".join(f"{s.id}|{s.caption}" for s in samples).encode()).hexdigest()[:16]
 
 
@@ -51,7 +53,7 @@ def split_record(dataset: str, n_train: int, n_test: int, seed: int, train: list
     """What a checkpoint records of its split, so that eval scores the same held-out pairs and can tell when the
     data changed: the load_split arguments and a digest of the pairs on each side."""
     return {"dataset": dataset, "n_train": n_train, "n_test": n_test, "seed": seed,
-            "train_digest": _digest(train), "test_digest": _digest(test), "train_size": len(train),
+            "train_digest": split_digest(train), "test_digest": split_digest(test), "train_size": len(train),
             "test_size": len(test)}
 
 

@@ -16,6 +16,8 @@ def small(name):
         "moe": dict(num_experts=3, top_k=2, hidden_dim=16),
         "lowrank": dict(rank=4),
         "conse": dict(num_classes=50, top_k=5),
+        "ovis": dict(vocab_size=40),
+        "gemma3": dict(pool=2),
     }
     return build_projector(name, D_VIS, D_TXT, **small_opts.get(name, {}))
 

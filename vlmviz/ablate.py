@@ -35,7 +35,10 @@ from .train import choose_ridge, embed, fit_least_squares, fit_procrustes, train
 POOLED = {"linear": {}, "mlp2x_gelu": {}, "residual_mlp": {}, "lowrank": {"rank": 64},
           "moe": {"num_experts": 4, "top_k": 2}}
 TOKEN_LEVEL = {"pixel_shuffle": {"scale": 2}, "resampler": {"num_queries": 16},
-               "qformer": {"num_queries": 16}, "cabstractor": {"output_side": 4}}
+               "qformer": {"num_queries": 16}, "cabstractor": {"output_side": 4},
+               # the connectors real VLMs ship (vlmviz/vlms): Qwen2-VL, InternVL, Gemma 3, Mistral 3, MobileVLM, Ovis
+               "qwen2_merger": {}, "internvl": {"scale": 2}, "gemma3": {"pool": 4}, "mistral3": {}, "ldp": {},
+               "ovis": {"vocab_size": 1024}}
 # attention pooling over the 17 cls+cells tokens (CLS + 4 x 4 max-pooled cells): one query per object
 CELL_LEVEL = {"attnpool": {"num_queries": 2}}
 FAMILIES = {**POOLED, **TOKEN_LEVEL, **CELL_LEVEL}

@@ -168,3 +168,24 @@ def grid_side(num_tokens: int) -> int:
     if num_tokens > 1 and side * side == num_tokens - 1:
         return side
     raise ValueError(f"{num_tokens} tokens do not form a square grid (optionally with one CLS token)")
+
+
+def merge_blocks(x: torch.Tensor, side: int, merge: int) -> torch.Tensor:
+    """Raster tokens (B, h*w, D) -> one token per merge x merge block, (B, M, merge^2 * D), M = ceil(h/m) * ceil(w/m)
+    in reading order, channels ordered (row in block, column in block, channel): the layout Qwen2-VL's PatchMerger,
+    InternVL's and Idefics3's pixel_shuffle produce (each takes a block as merge^2 consecutive D-wide slices).
+    A grid not divisible by `merge` is zero-padded on the bottom/right (EfficientNet's 7 x 7)."""
+    B, N, D = x.shape
+    m = merge
+    grid = x.reshape(B, side, side, D)  # (B, h, w, D)
+    pad = -side % m
+    grid = torch.nn.functional.pad(grid, (0, 0, 0, pad, 0, pad))  # (B, h', w', D)
+    s = (side + pad) // m
+    blocks = grid.reshape(B, s, m, s, m, D).permute(0, 1, 3, 2, 4, 5)  # (B, h'/m, w'/m, m, m, D)
+    return blocks.reshape(B, s * s, m * m * D)  # (B, M, m^2 D)
+
+
+def patch_tokens(x: torch.Tensor, family: str) -> tuple[torch.Tensor, int]:
+    """(B, N, D) -> raster patch tokens (B, h*w, D) and the side h, dropping a CLS token when N = h*w + 1."""
+    grid, side, _ = tokens_to_grid(x, family)  # (B, D, h, w)
+    return grid.flatten(2).transpose(1, 2), side  # (B, h*w, D)

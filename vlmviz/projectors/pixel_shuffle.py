@@ -2,11 +2,19 @@
 concatenated channel-wise, so N tokens become N / s^2 tokens of width D_vis * s^2, then one linear layer.
 
 Grids not divisible by s (EfficientNet's 7 x 7) are zero-padded on the bottom/right to the next multiple.
+
+This is Idefics3's / SmolVLM's connector (transformers' `Idefics3Connector`: pixel_shuffle(scale_factor), then
+`Idefics3SimpleMLP`, one bias-free Linear(D_vis * s^2, D_txt); scale_factor 2 in Idefics3, 3 in SmolVLM-2.2B, 4 in
+SmolVLM-256M/500M) and nanoVLM's, with the same output token order (blocks in reading order), up to one fixed
+permutation of the linear layer's input columns: F.pixel_unshuffle orders a block's channels (channel, row, column),
+Idefics3 and nanoVLM (row, column, channel). `idefics3_columns` gives that permutation; the Idefics3 adapter and
+exporter apply it at the edge, so imported weights give Idefics3's features exactly (tests/test_vlms.py).
 """
 from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -33,3 +41,10 @@ class PixelShuffleProjector(Projector):
         merged = F.pixel_unshuffle(grid, s)  # (B, D_vis * s^2, h'/s, w'/s)
         tokens = merged.flatten(2).transpose(1, 2)  # (B, M, D_vis * s^2)
         return self.linear(tokens)  # (B, M, D_txt)
+
+
+def idefics3_columns(in_dim: int, scale: int) -> torch.Tensor:
+    """Index `perm` with ours = theirs[:, perm]: our input column c * s^2 + k is Idefics3's column k * D_vis + c
+    (k = row * s + column inside the block). The inverse, for export, is perm.argsort()."""
+    s2 = scale * scale
+    return torch.tensor([k * in_dim + c for c in range(in_dim) for k in range(s2)])

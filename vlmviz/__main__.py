@@ -1,4 +1,4 @@
-"""vlmviz command line: python -m vlmviz {embed,train,eval,export,import,ablate,lesson,describe,caption-eval} --help
+"""vlmviz command line: python -m vlmviz {embed,train,eval,export,import,ablate,lesson,describe,caption-eval,index,search} --help
 
 Multi-process / multi-GPU training runs on Hugging Face accelerate:
     accelerate launch -m vlmviz train ...      or      torchrun --nproc_per_node 2 -m vlmviz train ...
@@ -485,6 +485,10 @@ def main(argv=None) -> int:
     p.add_argument("--retrain", action="store_true", help="train even where a matching checkpoint exists")
     p.add_argument("--out-dir", default="artifacts/caption_eval")
     p.set_defaults(func=cmd_caption_eval)
+
+    from .search.cli import add_parsers as add_search_parsers
+
+    add_search_parsers(sub)  # index, search
 
     args = parser.parse_args(argv)
     try:

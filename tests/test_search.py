@@ -1,0 +1,292 @@
+"""Library search (vlmviz.search): the store against a brute-force reference, then a real index of gallery photos
+through the built-in photo connector: queries of each kind, incremental updates, bad files, a damaged shard, a
+kill mid-way and resume, and the CLI."""
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shapes_folder import make_shape_folder
+from vlmviz.search import IndexStoreError, SearchIndex, ShardStore, parse_query
+from vlmviz.search import store as store_mod
+
+GALLERY = Path(__file__).resolve().parent.parent / "assets" / "gallery"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- pure parts -------------------------------------------------------------------------------------------
+def test_parse_query_terms():
+    assert parse_query("a red car") == [(1.0, "text", "a red car")]
+    assert parse_query("well-lit room") == [(1.0, "text", "well-lit room")]
+    assert parse_query('"red car" - "night" + 0.5 * ./ref.jpg') == [
+        (1.0, "text", "red car"), (-1.0, "text", "night"), (0.5, "image", "./ref.jpg")]
+    assert parse_query("photo.PNG") == [(1.0, "image", "photo.PNG")]
+    for bad in ("", "   ", '""', 'x * "cat"'):
+        with pytest.raises(ValueError):
+            parse_query(bad)
+
+
+def test_top_k_matches_brute_force_across_shards_and_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_mod, "SHARD_ROWS", 37)
+    monkeypatch.setattr(store_mod, "CHUNK_ROWS", 10)
+    rng = np.random.default_rng(0)
+    vec = rng.normal(size=(150, 8)).astype(np.float32)
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    names = [f"h{i}" for i in range(150)]
+    store = ShardStore(tmp_path / "ix", create=True)
+    for start in range(0, 150, 23):  # appends that straddle shard boundaries
+        rows = [(f"{n}.png", 1, 1, n) for n in names[start:start + 23]]
+        store.append(names[start:start + 23], vec[start:start + 23], rows)
+    assert store.counts()["shards"] == 5
+    store.remove_files([f"h{i}.png" for i in range(0, 150, 3)])  # dead rows
+    live = [i for i in range(150) if i % 3]
+    allowed = {f"h{i}" for i in live if i % 2}
+    q = rng.normal(size=8).astype(np.float32)
+    for k, subset in ((5, None), (40, None), (7, allowed), (500, allowed)):
+        pool = [i for i in live if subset is None or names[i] in subset]
+        want = sorted(pool, key=lambda i: -float(vec[i] @ q))[:k]
+        got = store.top_k(q, k, subset)
+        assert [h for h, _ in got] == [names[i] for i in want]
+        np.testing.assert_allclose([s for _, s in got], [vec[i] @ q for i in want], rtol=1e-5)
+    assert store.compact() == 50
+    assert store.counts()["dead_rows"] == 0
+    assert [h for h, _ in store.top_k(q, 5)] == [h for h, _ in ShardStore(tmp_path / "ix").top_k(q, 5)]
+    hashes, kept = store.vectors()
+    np.testing.assert_array_equal(kept, vec[[int(h[1:]) for h in hashes]])
+    with pytest.raises(ValueError, match="non-finite"):
+        store.append(["x"], np.full((1, 8), np.nan, np.float32), [("x.png", 1, 1, "x")])
+
+
+def test_interrupted_writer_tail_is_overwritten(tmp_path):
+    """What a kill between the shard write and the SQLite commit leaves: rows past the committed count."""
+    store = ShardStore(tmp_path / "ix", create=True)
+    a = np.eye(4, dtype=np.float32)
+    store.append(["a", "b"], a[:2], [("a.png", 1, 1, "a"), ("b.png", 1, 1, "b")])
+    with open(tmp_path / "ix" / "shards" / "00000.f32", "ab") as f:
+        f.write(np.ones((3, 4), np.float32).tobytes())  # the uncommitted tail
+    store = ShardStore(tmp_path / "ix")
+    assert store.counts()["vectors"] == 2 and store.verify() == []
+    store.append(["c"], a[2:3], [("c.png", 1, 1, "c")])
+    hashes, vec = store.vectors()
+    assert hashes == ["a", "b", "c"]
+    np.testing.assert_array_equal(vec, a[:3])
+    assert (tmp_path / "ix" / "shards" / "00000.f32").stat().st_size == 3 * 4 * 4
+
+
+# ---- a real library through the photo connector ---------------------------------------------------------
+PHOTOS = ("astronaut", "chelsea", "coffee", "horse", "rocket")
+
+
+def _library(folder: Path) -> Path:
+    (folder / "sub").mkdir(parents=True)
+    for name in PHOTOS:
+        shutil.copy(GALLERY / f"{name}.jpg", folder / f"{name}.jpg")
+    for name in ("china", "flower"):
+        shutil.copy(GALLERY / f"{name}.jpg", folder / "sub" / f"{name}.jpg")
+    (folder / "notes.jpg").write_text("this is a text file posing as an image")
+    (folder / "broken.jpg").write_bytes((GALLERY / "clock.jpg").read_bytes()[:300])  # a truncated JPEG
+    (folder / "readme.txt").write_text("not an image suffix: not scanned")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    lib = _library(tmp_path_factory.mktemp("library") / "photos")
+    index = SearchIndex.create(lib, tmp_path_factory.mktemp("index") / "ix", connector="photo")
+    report = index.update(batch_size=3)
+    return lib, index, report
+
+
+def _names(hits):
+    return [Path(h.path).name for h in hits]
+
+
+def test_index_lists_bad_files_and_finds_photos_by_text(built):
+    lib, index, report = built
+    assert report["embedded"] == 7 and report["files"] == 7 and report["vectors"] == 7
+    assert set(report["bad"]) == {"notes.jpg", "broken.jpg"}
+    assert "not a readable image" in report["bad"]["notes.jpg"]
+    assert index.store.bad_files().keys() == {"notes.jpg", "broken.jpg"}
+    assert _names(index.search("a cat", k=1)) == ["chelsea.jpg"]
+    assert _names(index.search("a cup of coffee", k=1)) == ["coffee.jpg"]
+    assert _names(index.search("a horse", k=1)) == ["horse.jpg"]
+    hits = index.search("a cat", k=3)
+    assert len(hits) == 3 and hits[0].score > hits[1].score >= hits[2].score
+
+
+def test_image_query_combinations_and_filters(built):
+    lib, index, _ = built
+    similar = index.search(str(lib / "chelsea.jpg"), k=2)
+    assert _names(similar)[0] == "chelsea.jpg" and similar[0].score == pytest.approx(1.0, abs=1e-5)
+    # an image outside the library is embedded on the fly; the same photo scores 1 against its indexed copy
+    outside = index.search(str(GALLERY / "horse.jpg"), k=1)
+    assert _names(outside) == ["horse.jpg"] and outside[0].score == pytest.approx(1.0, abs=1e-4)
+    mixed = index.search(f'"a cat" + 0.5 * {lib / "coffee.jpg"}', k=2)
+    assert set(_names(mixed)) == {"chelsea.jpg", "coffee.jpg"}
+    pure, minus = index.query_vector('"a cat"'), index.query_vector('"a cat" - "a cup of coffee"')
+    coffee = index.store.vector_of(next(h.hash for h in index.search("a cup of coffee", k=1)))
+    assert float(minus @ coffee) < float(pure @ coffee)
+    assert set(_names(index.search("a flower", k=10, folder="sub"))) == {"china.jpg", "flower.jpg"}
+    assert all(h.score >= 0.3 for h in index.search("a cat", k=10, min_score=0.3))
+    assert len(index.search("a cat", k=10, min_score=0.3)) < 7
+    old = time.mktime((2001, 5, 1, 12, 0, 0, 0, 0, -1))
+    os.utime(lib / "rocket.jpg", (old, old))
+    try:
+        index.update()
+        assert _names(index.search("a rocket", k=10, before="2002-01-01")) == ["rocket.jpg"]
+        assert "rocket.jpg" not in _names(index.search("a rocket", k=10, after="2002-01-01"))
+    finally:
+        os.utime(lib / "rocket.jpg")
+        index.update()
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        index.search("a cat", after="yesterday")
+    with pytest.raises(ValueError, match="cancel"):
+        index.search('"a cat" - "a cat"')
+
+
+def test_incremental_add_remove_rename_copy_change(tmp_path):
+    lib = _library(tmp_path / "photos")
+    index = SearchIndex.create(lib, tmp_path / "ix", connector="photo")
+    index.update(batch_size=4)
+    before = dict(zip(*index.store.vectors()))
+    again = index.update()
+    assert (again["embedded"], again["unchanged"], again["removed"]) == (0, 7, 0)
+
+    (lib / "sub" / "deeper").mkdir()
+    shutil.move(lib / "horse.jpg", lib / "sub" / "deeper" / "pony.jpg")  # moved and renamed
+    shutil.copy(lib / "coffee.jpg", lib / "coffee copy.jpg")  # a copy
+    moved = index.update()
+    assert (moved["embedded"], moved["renamed_or_copied"], moved["removed"]) == (0, 2, 1)
+    assert moved["vectors"] == 7 and moved["files"] == 8
+    assert set(_names(index.search("a cup of coffee", k=2))) == {"coffee.jpg", "coffee copy.jpg"}
+    assert _names(index.search("a horse", k=1)) == ["pony.jpg"]
+
+    shutil.copy(GALLERY / "camera.jpg", lib / "camera.jpg")  # new
+    (lib / "astronaut.jpg").unlink()  # removed
+    shutil.copy(GALLERY / "coins.jpg", lib / "rocket.jpg")  # same path, new content
+    changed = index.update()
+    assert (changed["embedded"], changed["removed"]) == (2, 1)
+    assert changed["vectors"] == 7 and changed["dead_rows"] == 2
+    assert "astronaut.jpg" not in _names(index.search("an astronaut", k=10))
+    assert index.store.compact() == 2
+
+    # the same final library indexed from scratch holds the same vectors
+    fresh = SearchIndex.create(lib, tmp_path / "fresh", connector="photo")
+    fresh.update(batch_size=5)
+    a, b = dict(zip(*index.store.vectors())), dict(zip(*fresh.store.vectors()))
+    assert a.keys() == b.keys() and index.store.files().keys() == fresh.store.files().keys()
+    for h in a:
+        np.testing.assert_allclose(a[h], b[h], atol=1e-5)
+        if h in before:
+            np.testing.assert_allclose(a[h], before[h], atol=1e-5)
+
+
+def test_damaged_shard_is_found_and_rebuilt(tmp_path):
+    lib = _library(tmp_path / "photos")
+    index = SearchIndex.create(lib, tmp_path / "ix", connector="photo")
+    index.update()
+    want = _names(index.search("a cat", k=7))
+    shard = tmp_path / "ix" / "shards" / "00000.f32"
+    data = bytearray(shard.read_bytes())
+    data[100:108] = b"\xff" * 8
+    shard.write_bytes(bytes(data))
+    report = index.update()
+    assert report["repaired"] and "checksum" in report["repaired"][0]
+    assert report["embedded"] == 7 and report["vectors"] == 7
+    assert _names(index.search("a cat", k=7)) == want
+    shard_files = sorted((tmp_path / "ix" / "shards").iterdir())
+    shard_files[-1].write_bytes(shard_files[-1].read_bytes()[:50])  # truncated
+    report = index.update()
+    assert "bytes, expected" in report["repaired"][0] and report["embedded"] == 7
+    assert index.store.verify() == []
+
+
+def test_connector_is_recorded_and_another_refused(built, tmp_path):
+    lib, index, _ = built
+    assert index.summary()["encoder"] == "efficientnet-lite0"
+    with pytest.raises(IndexStoreError, match="another connector"):
+        SearchIndex.open(index.store.root, connector="scenes")
+    with pytest.raises(IndexStoreError, match="another connector"):
+        SearchIndex.create(lib, index.store.root, connector="scenes")
+    with pytest.raises(IndexStoreError, match="not a vlmviz index"):
+        SearchIndex.open(tmp_path)
+    with pytest.raises(ValueError, match="checkpoint file"):
+        SearchIndex.create(lib, tmp_path / "x", connector="no-such.safetensors")
+
+
+# ---- the CLI: resumable after a kill, pipe-friendly output, one-line errors ------------------------------
+def _cli(capsys, *args):
+    """The CLI in this process (its models already loaded by the tests above): (exit code, stdout, stderr)."""
+    from vlmviz.__main__ import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _vectors(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            return con.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_cli_index_killed_midway_resumes_to_the_clean_result(tmp_path, capsys):
+    lib = make_shape_folder(tmp_path / "shapes", 48, size=64)
+    index_dir = tmp_path / "ix"
+    proc = subprocess.Popen([sys.executable, "-m", "vlmviz", "index", str(lib), "--index", str(index_dir),
+                             "--batch-size", "1", "--quiet"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while _vectors(index_dir / "index.sqlite") < 5 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = _vectors(index_dir / "index.sqlite")
+    assert 5 <= partial < 48, f"the kill should land mid-way; {partial} of 48 were committed"
+
+    code, out, err = _cli(capsys, "index", lib, "--index", index_dir, "--json", "--quiet")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["embedded"] == 48 - partial and report["unchanged"] == partial
+    assert report["vectors"] == report["files"] == 48 and report["dead_rows"] == 0
+
+    clean = SearchIndex.create(lib, tmp_path / "clean", connector="photo")
+    clean.update(batch_size=8)
+    resumed = ShardStore(index_dir)
+    a, b = dict(zip(*resumed.vectors())), dict(zip(*clean.store.vectors()))
+    assert a.keys() == b.keys() and len(a) == 48
+    for h in a:
+        np.testing.assert_allclose(a[h], b[h], atol=1e-5)
+
+    code, out, err = _cli(capsys, "search", index_dir, "a red circle", "-k", "3", "--json")
+    assert code == 0, err
+    hits = json.loads(out)
+    assert len(hits) == 3 and all(Path(h["path"]).parent == lib for h in hits)
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    code, out, _ = _cli(capsys, "search", index_dir, "a red circle", "-k", "2")
+    assert [line.split("\t")[1] for line in out.splitlines()] == [h["path"] for h in hits[:2]]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, built):
+    _, index, _ = built
+    for args, expect in ((("search", tmp_path, "a cat"), "not a vlmviz index"),
+                         (("search", index.store.root, '"a cat" - "a cat"'), "cancel out"),
+                         (("search", index.store.root, "a cat", "-k", "0"), "positive whole number"),
+                         (("search", index.store.root, "a cat", "--connector", "scenes"), "another connector"),
+                         (("index", tmp_path / "missing"), "expected a folder of images"),
+                         (("index", tmp_path, "--connector", "nope"), "checkpoint file")):
+        code, out, err = _cli(capsys, *args)
+        assert code == 2, err
+        assert expect in err and "Traceback" not in err and out == ""
+        assert len(err.strip().splitlines()) == 1, err

@@ -349,128 +349,129 @@ def build_demo() -> gr.Blocks:
         connector_note = gr.Markdown(f"**{builtins.PHOTO_CONSE}**: a built-in connector made for natural photos.",
                                      elem_classes="vv-note", elem_id="connector-note")  # filled on page load
 
-        with gr.Tab("Inspect", id="inspect"):
-            with gr.Row():
-                with gr.Column(scale=5):
-                    image = gr.Image(str(GALLERY[0].path), type="filepath",
-                                     label="Image: upload one or pick from the gallery",
-                                     height=280, elem_id="image")
-                    gallery = gr.Gallery([(str(g.path), g.name) for g in GALLERY], columns=8, height="auto",
-                                         label="Gallery (real images, captions written by us)", object_fit="cover",
-                                         allow_preview=False, elem_id="gallery")
-                    scenes = gr.Gallery([(str(g.path), g.name) for g in SCENES], columns=8, height="auto",
-                                        label="Scenes (synthetic, held out from the scenes connector's training)",
-                                        object_fit="contain", allow_preview=False, elem_id="scenes-gallery")
-                    captions = gr.Textbox(lines=6, label="Candidate captions, one per line", elem_id="captions",
-                                          value="\n".join([GALLERY[0].caption, *GALLERY[0].distractors]))
-                    with gr.Row():
-                        temperature = gr.Slider(0.005, 1.0, value=0.07, step=0.005, label="Softmax temperature")
-                        run = gr.Button("Rank captions", variant="primary", elem_id="rank")
-                    inspect_msg = gr.Markdown(elem_id="inspect-msg", elem_classes="vv-msg")
-                    with gr.Row():
-                        describe_mode = gr.Radio(list(describe.MODES), value="greedy", label="Decoding",
-                                                 elem_id="describe-mode")
-                        describe_btn = gr.Button("Describe", elem_id="describe")
-                    description = gr.Textbox(label="What the LM says through a caption-trained connector",
-                                             lines=3, interactive=False, elem_id="description")
-                with gr.Column(scale=6):
-                    ranking = gr.Label(num_top_classes=8, label="Captions ranked by cosine (softmax at T)",
-                                       elem_id="ranking")
-                    fit_note = gr.Markdown(elem_classes="vv-note", elem_id="fit-note")  # does the connector fit?
-                    scores = gr.Dataframe(headers=["#", "caption", "cosine", "softmax", "same as"],
-                                          label="Scores ('same as': captions whose text vectors are identical)",
-                                          elem_id="scores", wrap=True,
-                                          column_widths=["6%", "48%", "15%", "15%", "16%"])
-            with gr.Row():
-                with gr.Column():
-                    heat_caption = gr.Dropdown([], label="Caption for the patch heatmap", elem_id="heat-caption")
-                    heat = gr.Image(label="Which patches match the caption", height=380, elem_id="heatmap")
-                    heat_note = gr.Markdown(elem_classes="vv-note")
-                with gr.Column():
-                    words = gr.Dataframe(label="Nearest vocabulary words of each projected token (on the grid)",
-                                         elem_id="words", wrap=True, max_height=380)
-                    words_note = gr.Markdown(elem_classes="vv-note")
-                    shapes = gr.JSON(label="Shapes along the way", elem_id="shapes")
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("Inspect", id="inspect"):
+                with gr.Row():
+                    with gr.Column(scale=5):
+                        image = gr.Image(str(GALLERY[0].path), type="filepath",
+                                         label="Image: upload one or pick from the gallery",
+                                         height=280, elem_id="image")
+                        gallery = gr.Gallery([(str(g.path), g.name) for g in GALLERY], columns=8, height="auto",
+                                             label="Gallery (real images, captions written by us)", object_fit="cover",
+                                             allow_preview=False, elem_id="gallery")
+                        scenes = gr.Gallery([(str(g.path), g.name) for g in SCENES], columns=8, height="auto",
+                                            label="Scenes (synthetic, held out from the scenes connector's training)",
+                                            object_fit="contain", allow_preview=False, elem_id="scenes-gallery")
+                        captions = gr.Textbox(lines=6, label="Candidate captions, one per line", elem_id="captions",
+                                              value="\n".join([GALLERY[0].caption, *GALLERY[0].distractors]))
+                        with gr.Row():
+                            temperature = gr.Slider(0.005, 1.0, value=0.07, step=0.005, label="Softmax temperature")
+                            run = gr.Button("Rank captions", variant="primary", elem_id="rank")
+                        inspect_msg = gr.Markdown(elem_id="inspect-msg", elem_classes="vv-msg")
+                        with gr.Row():
+                            describe_mode = gr.Radio(list(describe.MODES), value="greedy", label="Decoding",
+                                                     elem_id="describe-mode")
+                            describe_btn = gr.Button("Describe", elem_id="describe")
+                        description = gr.Textbox(label="What the LM says through a caption-trained connector",
+                                                 lines=3, interactive=False, elem_id="description")
+                    with gr.Column(scale=6):
+                        ranking = gr.Label(num_top_classes=8, label="Captions ranked by cosine (softmax at T)",
+                                           elem_id="ranking")
+                        fit_note = gr.Markdown(elem_classes="vv-note", elem_id="fit-note")  # does the connector fit?
+                        scores = gr.Dataframe(headers=["#", "caption", "cosine", "softmax", "same as"],
+                                              label="Scores ('same as': captions whose text vectors are identical)",
+                                              elem_id="scores", wrap=True,
+                                              column_widths=["6%", "48%", "15%", "15%", "16%"])
+                with gr.Row():
+                    with gr.Column():
+                        heat_caption = gr.Dropdown([], label="Caption for the patch heatmap", elem_id="heat-caption")
+                        heat = gr.Image(label="Which patches match the caption", height=380, elem_id="heatmap")
+                        heat_note = gr.Markdown(elem_classes="vv-note")
+                    with gr.Column():
+                        words = gr.Dataframe(label="Nearest vocabulary words of each projected token (on the grid)",
+                                             elem_id="words", wrap=True, max_height=380)
+                        words_note = gr.Markdown(elem_classes="vv-note")
+                        shapes = gr.JSON(label="Shapes along the way", elem_id="shapes")
 
-        with gr.Tab("Map", id="map"):
-            with gr.Row():
-                dataset = gr.Dropdown(list_datasets(), value="gallery", label="Dataset", elem_id="map-data")
-                n_points = gr.Slider(3, len(GALLERY), value=len(GALLERY), step=1, label="Pairs", elem_id="pairs")
-                method = gr.Radio([m.upper() if m != "tsne" else "t-SNE" for m in METHODS], value="PCA",
-                                  label="Map", info="images are encoded once and cached, and so are UMAP and t-SNE "
-                                  "fits")
-                per_token = gr.Checkbox(False, label="per projected token")
-                map_btn = gr.Button("Draw map", variant="primary", elem_id="draw-map")
-            with gr.Row():
-                map_plot = gr.Plot(label="Projected images and captions", elem_id="map-plot")
-                with gr.Column(scale=0, min_width=300):
-                    map_metrics = gr.Dataframe(headers=["metric", "value"], label="Metrics", elem_id="map-metrics")
-                    map_note = gr.Markdown(elem_classes="vv-note", elem_id="map-note")
-                    gr.Markdown(METRIC_HELP, elem_classes="vv-note")
+            with gr.Tab("Map", id="map"):
+                with gr.Row():
+                    dataset = gr.Dropdown(list_datasets(), value="gallery", label="Dataset", elem_id="map-data")
+                    n_points = gr.Slider(3, len(GALLERY), value=len(GALLERY), step=1, label="Pairs", elem_id="pairs")
+                    method = gr.Radio([m.upper() if m != "tsne" else "t-SNE" for m in METHODS], value="PCA",
+                                      label="Map", info="images are encoded once and cached, and so are UMAP and t-SNE "
+                                      "fits")
+                    per_token = gr.Checkbox(False, label="per projected token")
+                    map_btn = gr.Button("Draw map", variant="primary", elem_id="draw-map")
+                with gr.Row():
+                    map_plot = gr.Plot(label="Projected images and captions", elem_id="map-plot")
+                    with gr.Column(scale=0, min_width=300):
+                        map_metrics = gr.Dataframe(headers=["metric", "value"], label="Metrics", elem_id="map-metrics")
+                        map_note = gr.Markdown(elem_classes="vv-note", elem_id="map-note")
+                        gr.Markdown(METRIC_HELP, elem_classes="vv-note")
 
-        with gr.Tab("Train", id="train"):
-            with gr.Row():
-                recipe = gr.Dropdown(list(RECIPES), value=DEFAULT_RECIPE, label="Recipe (proven presets)",
-                                     elem_id="recipe", scale=3)
-                recipe_note = gr.Markdown(elem_classes="vv-note", elem_id="recipe-note")
-            first = RECIPES[DEFAULT_RECIPE]
-            cfg = first.config
-            with gr.Row():
-                family = gr.Dropdown(FAMILIES, value=cfg.projector.family, label="Connector family",
-                                     elem_id="family")
-                loss = gr.Dropdown(list(LOSSES) + ["caption"], value=cfg.train.loss, label="Loss", elem_id="loss")
-                pooling = gr.Dropdown(list(POOLINGS), value=cfg.train.pooling, label="Pooling")
-                train_tokens = gr.Dropdown(list(TOKEN_MODES), value=cfg.encoder.tokens, label="Encoder tokens",
-                                           elem_id="train-tokens")
-                train_encoder = gr.Dropdown(list_vision_encoders(), value=cfg.encoder.name, label="Encoder",
-                                            allow_custom_value=True, elem_id="train-encoder")
-                train_text = gr.Dropdown(list_text_spaces(), value=cfg.text.name, label="Text space",
-                                         allow_custom_value=True, elem_id="train-text")
-            with gr.Row():
-                steps = gr.Slider(10, 4000, value=cfg.train.steps, step=10, label="Steps", elem_id="steps")
-                lr = gr.Number(cfg.train.lr, label="Learning rate")
-                batch = gr.Slider(8, 256, value=cfg.train.batch_size, step=8, label="Batch")
-                weight_decay = gr.Number(cfg.train.weight_decay, label="Weight decay", elem_id="weight-decay")
-                train_data = gr.Dropdown(list_datasets(), value=first.dataset, label="Dataset", elem_id="train-data")
-                n_train = gr.Slider(8, TRAIN_CAP, value=first.n_train, step=1, label="Training pairs",
-                                    elem_id="n-train")
-                caption_mode = gr.Dropdown(list(CAPTION_MODES), value="prefix", elem_id="caption-mode",
-                                           label="Caption: visual tokens as LM prefix, or cross-attention")
-            with gr.Row():
-                start = gr.Button("Start training", variant="primary", elem_id="start-train")
-                stop = gr.Button("Cancel", variant="stop", elem_id="cancel-train")
-            status = gr.Markdown("", elem_id="train-status")
-            with gr.Row():
-                curve = gr.Plot(label="Loss and held-out recall", elem_id="train-curve")
-                with gr.Column(scale=0, min_width=320):
-                    before_after = gr.Dataframe(headers=["metric", "before", "after"], label="Held-out, before / after",
-                                                elem_id="before-after")
-                    download = gr.File(label="Checkpoint (safetensors)", elem_id="download")
+            with gr.Tab("Train", id="train"):
+                with gr.Row():
+                    recipe = gr.Dropdown(list(RECIPES), value=DEFAULT_RECIPE, label="Recipe (proven presets)",
+                                         elem_id="recipe", scale=3)
+                    recipe_note = gr.Markdown(elem_classes="vv-note", elem_id="recipe-note")
+                first = RECIPES[DEFAULT_RECIPE]
+                cfg = first.config
+                with gr.Row():
+                    family = gr.Dropdown(FAMILIES, value=cfg.projector.family, label="Connector family",
+                                         elem_id="family")
+                    loss = gr.Dropdown(list(LOSSES) + ["caption"], value=cfg.train.loss, label="Loss", elem_id="loss")
+                    pooling = gr.Dropdown(list(POOLINGS), value=cfg.train.pooling, label="Pooling")
+                    train_tokens = gr.Dropdown(list(TOKEN_MODES), value=cfg.encoder.tokens, label="Encoder tokens",
+                                               elem_id="train-tokens")
+                    train_encoder = gr.Dropdown(list_vision_encoders(), value=cfg.encoder.name, label="Encoder",
+                                                allow_custom_value=True, elem_id="train-encoder")
+                    train_text = gr.Dropdown(list_text_spaces(), value=cfg.text.name, label="Text space",
+                                             allow_custom_value=True, elem_id="train-text")
+                with gr.Row():
+                    steps = gr.Slider(10, 4000, value=cfg.train.steps, step=10, label="Steps", elem_id="steps")
+                    lr = gr.Number(cfg.train.lr, label="Learning rate")
+                    batch = gr.Slider(8, 256, value=cfg.train.batch_size, step=8, label="Batch")
+                    weight_decay = gr.Number(cfg.train.weight_decay, label="Weight decay", elem_id="weight-decay")
+                    train_data = gr.Dropdown(list_datasets(), value=first.dataset, label="Dataset", elem_id="train-data")
+                    n_train = gr.Slider(8, TRAIN_CAP, value=first.n_train, step=1, label="Training pairs",
+                                        elem_id="n-train")
+                    caption_mode = gr.Dropdown(list(CAPTION_MODES), value="prefix", elem_id="caption-mode",
+                                               label="Caption: visual tokens as LM prefix, or cross-attention")
+                with gr.Row():
+                    start = gr.Button("Start training", variant="primary", elem_id="start-train")
+                    stop = gr.Button("Cancel", variant="stop", elem_id="cancel-train")
+                status = gr.Markdown("", elem_id="train-status")
+                with gr.Row():
+                    curve = gr.Plot(label="Loss and held-out recall", elem_id="train-curve")
+                    with gr.Column(scale=0, min_width=320):
+                        before_after = gr.Dataframe(headers=["metric", "before", "after"], label="Held-out, before / after",
+                                                    elem_id="before-after")
+                        download = gr.File(label="Checkpoint (safetensors)", elem_id="download")
 
-        with gr.Tab("Compare", id="compare"):
-            with gr.Row():
-                proj_a = gr.Dropdown(UNTRAINED, value="untrained linear", label="Connector A", elem_id="proj-a")
-                proj_b = gr.Dropdown(UNTRAINED, value="untrained mlp2x_gelu", label="Connector B", elem_id="proj-b")
-                cmp_data = gr.Dropdown(list_datasets(), value="gallery", label="Metrics on")
-                cmp_btn = gr.Button("Compare on the Inspect image", variant="primary", elem_id="compare")
-            cmp_msg = gr.Markdown(elem_id="compare-msg", elem_classes="vv-msg")
-            with gr.Row():
-                label_a = gr.Label(num_top_classes=5, label="A")
-                label_b = gr.Label(num_top_classes=5, label="B")
-            cmp_table = gr.Dataframe(headers=["metric", "A", "B"], label="Metrics (same pairs, same k)")
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row():
+                    proj_a = gr.Dropdown(UNTRAINED, value="untrained linear", label="Connector A", elem_id="proj-a")
+                    proj_b = gr.Dropdown(UNTRAINED, value="untrained mlp2x_gelu", label="Connector B", elem_id="proj-b")
+                    cmp_data = gr.Dropdown(list_datasets(), value="gallery", label="Metrics on")
+                    cmp_btn = gr.Button("Compare on the Inspect image", variant="primary", elem_id="compare")
+                cmp_msg = gr.Markdown(elem_id="compare-msg", elem_classes="vv-msg")
+                with gr.Row():
+                    label_a = gr.Label(num_top_classes=5, label="A")
+                    label_b = gr.Label(num_top_classes=5, label="B")
+                cmp_table = gr.Dataframe(headers=["metric", "A", "B"], label="Metrics (same pairs, same k)")
 
-        with gr.Tab("Checkpoints", id="checkpoints"):
-            gr.Markdown("Upload a vlmviz checkpoint (`.safetensors`), a LLaVA `mm_projector.bin` or a Hugging Face "
-                        "Llava projector (`multi_modal_projector.linear_1/2`). It is checked against the encoder and "
-                        "text space chosen at the top; nothing is unpickled beyond tensors. Checkpoints stay with "
-                        "this browser across reloads.")
-            with gr.Row():
-                ck_file = gr.File(label="Projector file", file_types=[".safetensors", ".bin", ".pt", ".pth"],
-                                  elem_id="ck-file")
-                ck_tokens = gr.Dropdown(list(TOKEN_MODES), value="patch", label="Tokens a LLaVA projector reads")
-                ck_btn = gr.Button("Validate and add", variant="primary", elem_id="ck-add")
-            ck_msg = gr.Markdown(elem_id="ck-msg", elem_classes="vv-msg")
-            ck_list = gr.Dataframe(headers=["name", "file"], label="This browser's checkpoints", elem_id="ck-list")
+            with gr.Tab("Checkpoints", id="checkpoints"):
+                gr.Markdown("Upload a vlmviz checkpoint (`.safetensors`), a LLaVA `mm_projector.bin` or a Hugging Face "
+                            "Llava projector (`multi_modal_projector.linear_1/2`). It is checked against the encoder and "
+                            "text space chosen at the top; nothing is unpickled beyond tensors. Checkpoints stay with "
+                            "this browser across reloads.")
+                with gr.Row():
+                    ck_file = gr.File(label="Projector file", file_types=[".safetensors", ".bin", ".pt", ".pth"],
+                                      elem_id="ck-file")
+                    ck_tokens = gr.Dropdown(list(TOKEN_MODES), value="patch", label="Tokens a LLaVA projector reads")
+                    ck_btn = gr.Button("Validate and add", variant="primary", elem_id="ck-add")
+                ck_msg = gr.Markdown(elem_id="ck-msg", elem_classes="vv-msg")
+                ck_list = gr.Dataframe(headers=["name", "file"], label="This browser's checkpoints", elem_id="ck-list")
 
         model = [encoder, text, projector, tokens]
         demo.load(restore, browser, [browser, owner, checkpoints, projector, proj_a, proj_b, ck_list],

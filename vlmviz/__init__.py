@@ -25,6 +25,7 @@ _EXPORTS = {
     "ExperimentConfig": "config", "PRESETS": "config", "preset": "config",
     "load_gallery": "data", "load_dataset": "data", "scene_split": "data",
     "conse_pipeline": "concepts", "top_concepts": "concepts",
+    "open_vlm": "vlms",
 }
 __all__ = sorted(_EXPORTS) + ["metrics", "losses"]
 

@@ -1,0 +1,162 @@
+"""Opening a real VLM: for every supported family a tiny random model built from that family's own transformers
+config (image 32 px, width 32 / 48, 2 layers, as transformers' testers build them) is saved with save_pretrained,
+opened by vlmviz, and vlmviz's projected tokens must equal the model's own get_image_features within 1e-5."""
+import numpy as np
+import pytest
+import torch
+import transformers as T
+from PIL import Image
+
+from vlmviz.vlms import REFUSED, SUPPORTED, VLMError, open_vlm
+
+V = dict(image_size=32, patch_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+L = dict(vocab_size=99, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+         num_key_value_heads=2)
+QWEN_TEXT = dict(**L, rope_parameters={"rope_type": "default", "mrope_section": [2, 2, 2], "rope_theta": 10000.0})
+QWEN_IDS = dict(image_token_id=98, video_token_id=97, vision_start_token_id=96)
+SIDE = 32  # the square image side every tiny tower sees
+
+
+def config(kind):
+    if kind == "llava":  # two layers concatenated, CLS kept
+        return T.LlavaConfig(vision_config=T.CLIPVisionConfig(**V), text_config=T.LlamaConfig(**L),
+                             vision_feature_layer=[-3, -1], vision_feature_select_strategy="full", image_token_id=98)
+    if kind == "llava_next":  # one layer, CLS dropped (transformers cannot pack anyres tiles with "full")
+        return T.LlavaNextConfig(vision_config=T.CLIPVisionConfig(**V), text_config=T.LlamaConfig(**L),
+                                 vision_feature_layer=-2, vision_feature_select_strategy="default",
+                                 image_grid_pinpoints=[[32, 32], [32, 64]], image_token_id=98)
+    if kind == "qwen2_vl":
+        return T.Qwen2VLConfig(vision_config=dict(depth=2, embed_dim=32, hidden_size=48, num_heads=4, patch_size=4,
+                                                  spatial_merge_size=2, temporal_patch_size=2, mlp_ratio=2),
+                               text_config=QWEN_TEXT, **QWEN_IDS)
+    if kind == "qwen2_5_vl":  # window attention in block 0, full in block 1
+        return T.Qwen2_5_VLConfig(vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, out_hidden_size=48,
+                                                     num_heads=4, patch_size=4, spatial_merge_size=2,
+                                                     temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1]),
+                                  text_config=QWEN_TEXT, **QWEN_IDS)
+    if kind == "internvl":
+        return T.InternVLConfig(vision_config=T.InternVLVisionConfig(**{**V, "image_size": [32, 32],
+                                                                        "patch_size": [4, 4]}),
+                                text_config=T.Qwen2Config(**L), image_token_id=98)
+    if kind == "idefics3":
+        return T.Idefics3Config(vision_config=T.Idefics3VisionConfig(**V), text_config=T.LlamaConfig(**L),
+                                scale_factor=2, image_token_id=98)
+    if kind == "paligemma":
+        return T.PaliGemmaConfig(vision_config=T.SiglipVisionConfig(**V, projection_dim=48),
+                                 text_config=T.GemmaConfig(**L, head_dim=12), image_token_id=98)
+    if kind == "gemma3":
+        return T.Gemma3Config(vision_config=T.SiglipVisionConfig(**V), text_config=T.Gemma3TextConfig(**L, head_dim=12),
+                              mm_tokens_per_image=4, image_token_id=98, boi_token_index=97, eoi_token_index=96)
+    if kind == "mistral3":
+        return T.Mistral3Config(vision_config=T.PixtralVisionConfig(image_size=32, patch_size=4, hidden_size=32,
+                                                                    intermediate_size=64, num_hidden_layers=2,
+                                                                    num_attention_heads=4, head_dim=8),
+                                text_config=T.MistralConfig(**L, head_dim=12), spatial_merge_size=2,
+                                vision_feature_layer=-1, image_token_id=98)
+    raise KeyError(kind)
+
+
+FAMILIES = [k for k in SUPPORTED if k != "smolvlm"]  # smolvlm shares Idefics3's adapter
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """kind -> (model, folder): each tiny model built once, every weight random (Gemma initialises its connector
+    to zeros, which would make any comparison pass)."""
+    cache = {}
+
+    def get(kind):
+        if kind not in cache:
+            torch.manual_seed(0)
+            model = getattr(T, SUPPORTED[kind][0])(config(kind)).eval()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.normal_(0, 0.2)
+            folder = tmp_path_factory.mktemp(kind)
+            model.save_pretrained(folder)
+            cache[kind] = model, folder
+        return cache[kind]
+
+    return get
+
+
+def pixels(seed=0, batch=2):
+    return torch.randn(batch, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
+
+
+def reference(kind, model, px):
+    """The model's own image features for normalized pixels (B, 3, S, S), through get_image_features, fed as its
+    processor would feed them; (B, M, D_txt)."""
+    B = px.shape[0]
+    with torch.no_grad():
+        if kind == "llava_next":  # base view + one tile; the packed features start with the base view's tokens
+            out = model.model.get_image_features(pixel_values=torch.stack([px, px], 1),
+                                                 image_sizes=torch.tensor([[SIDE, SIDE]] * B)).pooler_output
+            n = (SIDE // 4) ** 2
+            return torch.stack([f[:n] for f in out])
+        if kind in ("qwen2_vl", "qwen2_5_vl"):  # the processor's own patchify: 4 consecutive patches = a 2 x 2 block
+            proc = T.Qwen2VLImageProcessorPil()
+            flat = np.concatenate([proc.patchify(img.numpy(), 4, 2, 2)[0] for img in px])
+            out = model.model.get_image_features(pixel_values=torch.from_numpy(flat),
+                                                 image_grid_thw=torch.tensor([[1, SIDE // 4, SIDE // 4]] * B))
+            return torch.stack(out.pooler_output)
+        if kind == "idefics3":
+            return torch.stack(model.model.get_image_features(pixel_values=px[:, None]).pooler_output)
+        if kind == "mistral3":
+            out = model.model.get_image_features(pixel_values=px, image_sizes=torch.tensor([[SIDE, SIDE]] * B))
+            return torch.stack(out.pooler_output)
+        out = model.model.get_image_features(pixel_values=px).pooler_output
+        return torch.stack(list(out)) if isinstance(out, (list, tuple)) else out
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_projected_tokens_equal_the_models_image_features(kind, saved):
+    model, folder = saved(kind)
+    vlm = open_vlm(folder, image_size=SIDE)
+    px = pixels()
+    with torch.no_grad():
+        ours = vlm.projector(vlm.encoder(px))  # (B, M, D_txt)
+    theirs = reference(kind, model, px)
+    assert ours.shape == theirs.shape, (kind, ours.shape, theirs.shape)
+    assert theirs.abs().max() > 1e-2  # a real signal, not zeros
+    torch.testing.assert_close(ours, theirs.float(), atol=1e-5, rtol=1e-5)
+    assert vlm.projector.num_output_tokens(vlm.encoder.num_tokens) == ours.shape[1]
+    assert torch.equal(vlm.text.table, model.get_input_embeddings().weight.detach())
+
+
+def test_what_was_opened_says_how(saved):
+    _, folder = saved("qwen2_vl")
+    vlm = open_vlm(folder, image_size=SIDE)
+    s = vlm.summary()
+    assert (s["connector"], s["tower_tokens"], s["tokens_per_image"], s["d_vis"], s["d_txt"]) == \
+        ("qwen2_merger", 64, 16, 32, 48)
+    assert "picks a resolution per image" in s["notes"][0]
+    assert vlm.text.nearest_tokens(torch.randn(2, 48), k=2)[0][0][0].startswith("<")  # no tokenizer: token ids
+    with pytest.raises(VLMError, match="no tokenizer"):
+        vlm.text.encode(["a cat"])
+    _, folder = saved("llava_next")
+    assert "anyres" in " ".join(open_vlm(folder).notes)
+
+
+def test_encode_preprocesses_as_the_llava_processor(saved):
+    """The whole path from a PIL image: vlmviz's resize / crop / normalisation equals CLIPImageProcessorPil's."""
+    _, folder = saved("llava")
+    proc = T.CLIPImageProcessorPil(size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE})
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    vlm = open_vlm(folder)
+    ours = vlm.encoder.preprocess([img])
+    theirs = torch.from_numpy(np.asarray(proc(img)["pixel_values"]))
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_unsupported_and_bad_sources_are_refused_by_name(tmp_path):
+    cfg = T.MllamaConfig()
+    cfg.save_pretrained(tmp_path)
+    with pytest.raises(VLMError, match="mllama model, which vlmviz cannot open: .*cross-attention"):
+        open_vlm(tmp_path)
+    T.CLIPVisionConfig(**V).save_pretrained(tmp_path / "clip")
+    with pytest.raises(VLMError, match="'clip_vision_model' model; vlmviz opens llava, llava_next, qwen2_vl"):
+        open_vlm(tmp_path / "clip")
+    with pytest.raises(VLMError, match="neither a local folder nor in the Hugging Face cache"):
+        open_vlm(tmp_path / "nothing-here")
+    assert "mllama" in REFUSED

@@ -160,3 +160,29 @@ def test_unsupported_and_bad_sources_are_refused_by_name(tmp_path):
     with pytest.raises(VLMError, match="neither a local folder nor in the Hugging Face cache"):
         open_vlm(tmp_path / "nothing-here")
     assert "mllama" in REFUSED
+
+
+def test_pipeline_and_cli_open_a_vlm(saved, tmp_path, capsys):
+    from vlmviz import Pipeline
+    from vlmviz.__main__ import main
+
+    model, folder = saved("internvl")
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(image)
+    pipe = Pipeline.from_vlm(folder)
+    projected = pipe.project(pipe.image_tokens(str(image)))  # (1, 16, 48): InternVL's 4x pixel shuffle of 8 x 8
+    assert projected.shape == (1, 16, 48) and pipe.output_grid(64) == (4, 4, 0)
+    with torch.no_grad():
+        px = pipe.encoder.preprocess([Image.open(image)])
+        assert torch.allclose(projected, model.model.get_image_features(pixel_values=px).pooler_output, atol=1e-5)
+    rows, note = pipe.nearest_words(str(image), k=2)
+    assert note == "4x4 grid of projected tokens" and len(rows) == 4
+    assert main(["inspect", "--vlm", str(folder), str(image), "--k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "internvl" in out and "64 tower tokens (8x8 grid, 32-d) -> internvl" in out and "-> 16 tokens of 48-d" in out
+    for argv, message in ((["inspect", "--vlm", str(tmp_path / "missing")], "neither a local folder"),
+                          (["inspect"], "inspect needs --vlm PATH"),
+                          (["inspect", "--vlm", str(folder), str(tmp_path / "no.png")], "")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err

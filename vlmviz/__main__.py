@@ -325,6 +325,26 @@ def cmd_caption_eval(args):
                      threads=args.threads, retrain=args.retrain, log=print)
 
 
+def cmd_inspect(args):
+    """A real VLM's connector on images: its composition, then each image's projected tokens and nearest words."""
+    from .explore import Pipeline
+
+    if not args.vlm:
+        raise ValueError("inspect needs --vlm PATH: the folder (or cached Hugging Face id) of a saved VLM")
+    pipe = Pipeline.from_vlm(args.vlm, image_size=args.image_size)
+    s = pipe.info["vlm"]
+    print(f"{s['family']} {s['source']}: {s['tower_tokens']} tower tokens ({s['grid'][0]}x{s['grid'][1]} grid"
+          f"{' + CLS' if s['has_cls'] else ''}, {s['d_vis']}-d) -> {s['connector']} ({s['connector_params']:,} "
+          f"params) -> {s['tokens_per_image']} tokens of {s['d_txt']}-d per {s['image_size']} px image")
+    for note in s["notes"]:
+        print(f"  note: {note}")
+    for path in args.images:
+        rows, note = pipe.nearest_words(path, k=args.k)
+        print(f"{path}: {note}")
+        for row in rows:
+            print("  " + " | ".join(row))
+
+
 def cmd_lesson(args):
     from .lesson import run_lesson
 
@@ -456,6 +476,14 @@ def main(argv=None) -> int:
     p.add_argument("--real", action="store_true", help="the same recipe on real encoder features")
     p.add_argument("--steps", type=int, default=200)
     p.set_defaults(func=cmd_lesson)
+
+    p = sub.add_parser("inspect", help="open a real VLM's connector (LLaVA, Qwen2-VL, InternVL, Idefics3, Gemma 3 "
+                                       "...) and show each image's projected tokens as nearest LM words")
+    p.add_argument("--vlm", metavar="PATH", help="folder (or cached Hugging Face id) of a saved VLM")
+    p.add_argument("images", nargs="*", help="image files")
+    p.add_argument("--k", type=int, default=3, help="nearest words per token")
+    p.add_argument("--image-size", type=int, help="square side for Qwen2-VL / Mistral 3 (default 448)")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("describe", help="caption images with a connector trained with --loss caption")
     p.add_argument("paths", nargs="*", metavar="CHECKPOINT IMAGE", help="a caption checkpoint, then image files")

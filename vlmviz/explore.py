@@ -100,6 +100,17 @@ class Pipeline:
         proj, config = load_checkpoint(path, token_dim(enc.hidden_size, tokens), txt.dim, encoder, text)
         return cls(enc, txt, proj, tokens, config.get("pooling") or "mean", Path(path).stem, config)
 
+    @classmethod
+    def from_vlm(cls, path: str | Path, image_size: int | None = None) -> "Pipeline":
+        """A real VLM's own tower, connector and LM embedding table (vlmviz/vlms), composed as the model composes
+        them: every token the tower hands the connector ("all"), the connector's tokens as the LM would get them."""
+        from .vlms import open_vlm
+
+        vlm = open_vlm(path, image_size=image_size)
+        info = {"vlm": vlm.summary(), "source": vlm.source}
+        return cls(vlm.encoder, vlm.text, vlm.projector, "all", "mean", f"{vlm.family}: {Path(str(path)).name}",
+                   info)
+
     # ---- the forward path ---------------------------------------------------------------------------------
     def image_tokens(self, image) -> torch.Tensor:
         """Encoder tokens (1, N, D_vis) of one image, remembered for the next request about the same image."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import threading
 import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -23,6 +24,7 @@ from vlmviz.encoders import list_vision_encoders  # noqa: E402
 from vlmviz.losses import LOSSES  # noqa: E402
 from vlmviz.projectors import list_projectors  # noqa: E402
 from vlmviz.reduce import METHODS  # noqa: E402
+from vlmviz.search import ui as search_ui  # noqa: E402
 from vlmviz.text import list_text_spaces  # noqa: E402
 
 GALLERY = load_gallery()
@@ -295,6 +297,95 @@ def cancel(owner, request: gr.Request):
     return "Cancelling ..." if found else "Nothing is training."
 
 
+# ---- Search -------------------------------------------------------------------------------------------------
+_SEARCH_CANCEL: dict[str, threading.Event] = {}
+
+
+def _index_menu(value=None):
+    known = search_ui.known_indexes()
+    return gr.update(choices=list(known.items()), value=value if value in known.values() else
+                     next(iter(known.values()), None))
+
+
+def _connector_spec(connector: str, checkpoints: dict) -> str:
+    return checkpoints.get(connector, connector)  # this browser's checkpoint: its file; a built-in: its label
+
+
+def build_index(folder, connector, owner, checkpoints, request: gr.Request, progress=gr.Progress()):
+    """Index a folder in a thread; the page shows a progress bar and a status line, and Cancel stops it between
+    batches with everything so far kept (building again goes on from there)."""
+    keep = gr.update()
+    who = owner_of(owner, request)
+    cancel = _SEARCH_CANCEL[who] = threading.Event()
+    state = {"done": 0, "total": 0, "what": "loading the connector"}
+
+    def on_progress(done, total, what):
+        state.update(done=done, total=total, what=what)
+
+    result = {}
+
+    def work():
+        try:
+            result["ok"] = search_ui.build(folder, _connector_spec(connector, checkpoints), on_progress, cancel)
+        except Exception as err:  # noqa: BLE001 - reported on the page below
+            result["err"] = err
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    yield f"Indexing {folder} through {connector} ...", keep
+    while worker.is_alive():
+        worker.join(0.3)
+        if state["total"]:
+            progress((state["done"], state["total"]), desc=state["what"], unit="images")
+            yield f"{state['what'].capitalize()}: {state['done']} of {state['total']}", keep
+    if "err" in result:
+        name = type(result["err"]).__name__
+        message = str(result["err"]) if name == "IndexCancelled" else session.report(result["err"], "indexing")
+        yield (f"⏹ {message}" if name == "IndexCancelled" else message), _index_menu()
+        return
+    path, report = result["ok"]
+    yield f"✅ {search_ui.report_line(report)}.", _index_menu(path)
+
+
+def cancel_index(owner, request: gr.Request):
+    event = _SEARCH_CANCEL.get(owner_of(owner, request))
+    if event is None:
+        return "Nothing is being indexed."
+    event.set()
+    return "Cancelling after the current batch ..."
+
+
+@contained("search", lambda msg: ([], [], msg))
+def run_search(index_path, query, k, min_score, folder, recent):
+    hits, note = search_ui.run_query(index_path, query, k, min_score or None, folder)
+    return hits, [h[0] for h in hits], note
+
+
+def remember_query(query, recent):
+    terms = search_ui.query_captions(query) if query and query.strip() else []
+    return (terms + [q for q in recent if q not in terms])[:8]
+
+
+def open_result(index_path, paths, recent, checkpoints, owner, request: gr.Request, evt: gr.SelectData):
+    """A clicked result opens in Inspect: ranked against the query and the tab's recent queries, through the
+    connector that made the index."""
+    keep = gr.update()
+    try:
+        connector = search_ui.connector_of(index_path)
+        if connector not in BUILT_INS:  # a checkpoint file: file it with this browser's checkpoints
+            match = [label for label, p in checkpoints.items() if os.path.samefile(p, connector)]
+            if match:
+                connector = match[0]
+            else:
+                connector, _ = session.add_checkpoint(owner_of(owner, request), connector,
+                                                      os.path.splitext(os.path.basename(connector))[0])
+                checkpoints = session.list_checkpoints(owner_of(owner, request))
+        captions = "\n".join(recent or ["a photo"])
+        return paths[evt.index], captions, connector, checkpoints, gr.Tabs(selected="inspect"), ""
+    except Exception as err:  # noqa: BLE001 - the Search tab says what went wrong; nothing else changes
+        return keep, keep, keep, checkpoints, keep, session.report(err, "opening the result")
+
+
 # ---- Compare ------------------------------------------------------------------------------------------------
 @contained("compare", lambda msg: (None, None, [], msg))
 def compare(image, captions, a, b, encoder, text, tokens, dataset, checkpoints):
@@ -408,6 +499,33 @@ def build_demo() -> gr.Blocks:
                         map_metrics = gr.Dataframe(headers=["metric", "value"], label="Metrics", elem_id="map-metrics")
                         map_note = gr.Markdown(elem_classes="vv-note", elem_id="map-note")
                         gr.Markdown(METRIC_HELP, elem_classes="vv-note")
+
+            with gr.Tab("Search", id="search"):
+                gr.Markdown("Search a folder of images by text through a connector: each image is embedded once "
+                            "(by content, so renamed or moved files are not embedded again) and the query is ranked "
+                            "by exact cosine. Queries: words, an image path, or sums like `\"a cat\" - \"indoors\" "
+                            "+ 0.5 * /path/ref.jpg`. Click a result to open it in Inspect.",
+                            elem_classes="vv-note")
+                with gr.Row():
+                    lib_folder = gr.Textbox(str(search_ui.GALLERY_FOLDER), label="Folder of images (on this machine)",
+                                            scale=4, elem_id="lib-folder")
+                    lib_connector = gr.Dropdown(BUILT_INS, value=builtins.PHOTO_CONSE, label="Connector",
+                                                scale=3, elem_id="lib-connector")
+                    lib_build = gr.Button("Build / update index", variant="primary", scale=1, elem_id="lib-build")
+                    lib_cancel = gr.Button("Cancel", variant="stop", scale=0, min_width=90, elem_id="lib-cancel")
+                lib_status = gr.Markdown(elem_id="lib-status", elem_classes="vv-msg")
+                with gr.Row():
+                    lib_index = gr.Dropdown([], label="Index", scale=3, elem_id="lib-index")
+                    lib_query = gr.Textbox("a cat", label="Query", scale=4, elem_id="lib-query")
+                    lib_k = gr.Slider(1, 60, value=12, step=1, label="Results", scale=1, elem_id="lib-k")
+                with gr.Row():
+                    lib_min = gr.Number(None, label="Minimum cosine (optional; 0: none)", elem_id="lib-min")
+                    lib_sub = gr.Textbox("", label="Only under subfolder (optional)", elem_id="lib-sub")
+                    lib_go = gr.Button("Search", variant="primary", elem_id="lib-go")
+                lib_note = gr.Markdown(elem_id="lib-note", elem_classes="vv-note")
+                lib_hits = gr.Gallery([], columns=6, height="auto", label="Results (cosine · file)",
+                                      object_fit="cover", allow_preview=False, elem_id="lib-hits")
+                lib_paths, lib_recent = gr.State([]), gr.State([])
 
             with gr.Tab("Train", id="train"):
                 with gr.Row():
@@ -524,6 +642,19 @@ def build_demo() -> gr.Blocks:
                       [label_a, label_b, cmp_table, cmp_msg], concurrency_limit=2, preprocess=False)
         ck_btn.click(upload, [ck_file, encoder, text, ck_tokens, owner, checkpoints],
                      [ck_msg, checkpoints, projector, proj_a, proj_b, ck_list])
+        demo.load(_index_menu, None, lib_index, api_visibility="private")
+        lib_build.click(build_index, [lib_folder, lib_connector, owner, checkpoints], [lib_status, lib_index],
+                        concurrency_limit=2, concurrency_id="index", api_name="build_index")
+        lib_cancel.click(cancel_index, owner, lib_status, queue=False)
+        checkpoints.change(lambda c: gr.update(choices=BUILT_INS + list(c)), checkpoints, lib_connector,
+                           api_visibility="private")
+        for trigger in (lib_go.click, lib_query.submit):
+            trigger(remember_query, [lib_query, lib_recent], lib_recent, api_visibility="private").then(
+                run_search, [lib_index, lib_query, lib_k, lib_min, lib_sub, lib_recent],
+                [lib_hits, lib_paths, lib_note], concurrency_limit=4, api_name="search" if trigger == lib_go.click
+                else None, api_visibility="public" if trigger == lib_go.click else "private")
+        lib_hits.select(open_result, [lib_index, lib_paths, lib_recent, checkpoints, owner],
+                        [image, captions, projector, checkpoints, tabs, lib_note], api_visibility="private")
     return demo
 
 

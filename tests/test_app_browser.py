@@ -261,3 +261,62 @@ def test_compare_two_connectors(page, artifacts):
     pg.wait_for_function("document.body.innerText.includes('modality_gap')", timeout=LONG)
     pg.screenshot(path=str(artifacts / "tab-compare.png"), full_page=True)
     assert_page_intact(pg)
+
+
+def test_search_tab_builds_an_index_finds_photos_and_opens_one_in_inspect(page, artifacts, tmp_path):
+    from test_search import _library
+
+    pg = page
+    lib = _library(tmp_path / "photos")  # seven gallery photos, a text file posing as a JPEG, a truncated JPEG
+    pg.get_by_role("tab", name="Search").click()
+    pg.locator("#lib-folder textarea").fill(str(lib))
+    pg.locator("#lib-build").click()
+    wait_text(pg, "#lib-status", "✅")
+    status = text_of(pg, "#lib-status")
+    assert "7 images indexed" in status and "Skipped 2 unreadable" in status and "notes.jpg" in status
+    assert "photos" in dropdown_value(pg, "lib-index")
+    pg.locator("#lib-query textarea").fill("a cup of coffee")
+    pg.locator("#lib-go").click()
+    pg.wait_for_selector("#lib-hits .thumbnail-item", timeout=LONG)
+    wait_text(pg, "#lib-note", "of 7 images")
+    assert "coffee.jpg" in pg.locator("#lib-hits .thumbnail-item").first.inner_text()
+    pg.screenshot(path=str(artifacts / "tab-search.png"), full_page=True)
+    pg.locator("#lib-query textarea").fill('"a horse" - "grass"')
+    pg.locator("#lib-query textarea").press("Enter")
+    wait_text(pg, "#lib-note", "'grass'")
+    assert "horse.jpg" in pg.locator("#lib-hits .thumbnail-item").first.inner_text()
+    pg.locator("#lib-hits .thumbnail-item").first.click()  # opens in Inspect, ranked against the queries
+    wait_text(pg, "#ranking", "a horse")
+    assert "a cup of coffee" in text_of(pg, "#ranking")
+    assert pg.get_by_role("tab", name="Inspect").get_attribute("aria-selected") == "true"
+    assert dropdown_value(pg, "projector") == "photo concepts (ConSE, ImageNet head)"
+    pg.screenshot(path=str(artifacts / "search-to-inspect.png"), full_page=True)
+    assert_page_intact(pg)
+
+
+def test_search_tab_cancel_keeps_what_was_indexed_and_bad_input_gets_one_message(page, tmp_path):
+    from shapes_folder import make_shape_folder
+
+    pg = page
+    lib = make_shape_folder(tmp_path / "shapes", 240, size=64)
+    pg.get_by_role("tab", name="Search").click()
+    pg.locator("#lib-folder textarea").fill(str(lib))
+    pg.locator("#lib-build").click()
+    wait_text(pg, "#lib-status", "Embedding images")
+    pg.locator("#lib-cancel").click()
+    wait_text(pg, "#lib-status", "⏹")
+    assert "cancelled after" in text_of(pg, "#lib-status")
+    pg.locator("#lib-build").click()  # building again goes on from where the cancel stopped
+    wait_text(pg, "#lib-status", "✅")
+    status = text_of(pg, "#lib-status")
+    assert "240 images indexed" in status and " 0 unchanged" not in status
+    pg.locator("#lib-folder textarea").fill(str(tmp_path / "no such folder"))
+    pg.locator("#lib-build").click()
+    wait_text(pg, "#lib-status", "expected a folder of images")
+    pg.locator("#lib-query textarea").fill('"a cat" - "a cat"')
+    pg.locator("#lib-go").click()
+    wait_text(pg, "#lib-note", "cancel out")
+    assert_page_intact(pg)
+    pg.locator("#lib-query textarea").fill("a red circle")
+    pg.locator("#lib-go").click()
+    wait_text(pg, "#lib-note", "of 240 images")

@@ -246,10 +246,10 @@ def cmd_eval(args):
 
 
 def cmd_export(args):
-    from .checkpoints import export_llava, load_checkpoint
+    from .checkpoints import export_connector, load_checkpoint
 
     projector, _ = load_checkpoint(args.checkpoint)
-    print(f"wrote {export_llava(projector, args.out, args.style)}")
+    print(f"wrote {export_connector(projector, args.out, args.style)}")
 
 
 def cmd_import(args):
@@ -430,9 +430,11 @@ def main(argv=None) -> int:
     _add_data_args(p, dataset=None)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("export", help="export a linear / mlpNx_gelu checkpoint for LLaVA or transformers")
+    p = sub.add_parser("export", help="export a checkpoint for LLaVA / transformers' Llava (linear, mlpNx_gelu) or "
+                                      "as Qwen2-VL's, InternVL's, Idefics3's or Gemma 3's connector")
     p.add_argument("checkpoint")
-    p.add_argument("--style", choices=["llava", "hf"], default="llava")
+    p.add_argument("--style", choices=["llava", "hf-llava", "hf", "qwen2-vl", "internvl", "idefics3", "gemma3"],
+                   default="llava", help="hf = hf-llava")
     p.add_argument("--out", default="mm_projector.bin")
     p.set_defaults(func=cmd_export)
 

@@ -199,6 +199,20 @@ def export_llava(projector: Projector, path: str | Path, style: str = "llava") -
     return atomic_write(path, lambda tmp: save_file(state, tmp))
 
 
+EXPORT_STYLES = ("llava", "hf-llava", "hf", "qwen2-vl", "internvl", "idefics3", "gemma3")
+
+
+def export_connector(projector: Projector, path: str | Path, style: str = "llava") -> Path:
+    """Any export format: llava / hf-llava (alias hf) here, the real-VLM formats in vlmviz/vlms/export.py."""
+    if style in ("llava", "hf", "hf-llava"):
+        return export_llava(projector, path, "llava" if style == "llava" else "hf")
+    if style not in EXPORT_STYLES:
+        raise ValueError(f"style must be one of {', '.join(EXPORT_STYLES)}; got {style!r}")
+    from .vlms.export import export_vlm_connector
+
+    return export_vlm_connector(projector, path, style)
+
+
 def sniff_format(path: str | Path) -> str:
     """'safetensors', 'torch-zip', 'pickle' or 'unknown', by the file's structure, not one byte: a safetensors file
     starts with the little-endian length of a JSON header that follows it, and that length's first byte can be

@@ -35,6 +35,10 @@ class Qwen2MergerProjector(Projector):
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(hidden_dim, out_dim)
 
+    def set_input_stats(self, tokens) -> None:
+        """Kept at identity: a norm comes first, as in Qwen's merger, and a per-dimension standardisation before it could
+        not be written into Qwen's merger's format (vlms/export.py)."""
+
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return math.ceil(grid_side(num_input_tokens) / self.merge) ** 2
 

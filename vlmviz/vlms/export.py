@@ -9,7 +9,8 @@ connector, loading strictly into the transformers class (tests/test_vlms.py does
 vlmviz standardises a connector's input per dimension (Projector.input_mean / input_std). A linear first layer
 absorbs that; a norm first (Qwen's ln_q, InternVL's layer_norm after the merge, Gemma's RMSNorm) cannot, and
 Idefics3's bias-free linear absorbs the scale but not the shift: those are refused unless the statistics are
-identity (train with TrainConfig(standardize=False)) or, for Idefics3, the mean is zero.
+identity (the norm-first families keep them so when trained; others: TrainConfig(standardize=False)) or, for
+Idefics3, the mean is zero.
 """
 from __future__ import annotations
 

@@ -123,6 +123,7 @@ def check_05_llava_projector(s, nb):
     assert s["roundtrip_max_abs_diff"] < 1e-4  # export -> import gives the same function
     assert "D_vis" in s["wrong_shape_error"] and "768" in s["wrong_shape_error"]
     assert s["grid"] == [16, 16] and all(s["nearest_words"])
+    assert s["vlm_max_abs_diff"] < 1e-5 and s["vlm_tokens"] == [16, 48] and s["vlm_grid"] == [4, 4]  # tiny Qwen2-VL
 
 
 def check_06_captioning(s, nb):

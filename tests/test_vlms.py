@@ -186,3 +186,22 @@ def test_pipeline_and_cli_open_a_vlm(saved, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def test_readme_vlm_example_runs(saved, monkeypatch):
+    """The README's real-VLM snippet, run on a tiny saved model in place of the folder it names."""
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = next(c for c in re.findall(r"```python\n(.*?)```", (root / "README.md").read_text(), re.S)
+                if "from_vlm" in c)
+    _, folder = saved("gemma3")
+    code = code.replace('"path/to/llava-1.5-7b-hf"', repr(str(folder)))
+    monkeypatch.chdir(root)
+    scope, out = {}, io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), scope)
+    assert "'connector': 'gemma3'" in out.getvalue() and scope["note"] == "2x2 grid of projected tokens"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything vlmviz needs on a fresh machine, idempotently (a second run takes seconds).
 #   bash scripts/setup.sh          -> .venv with the package's requirements (enough for the app and notebooks)
-#   bash scripts/setup.sh --test   -> also Debian's chromium for the browser tests
+#   bash scripts/setup.sh --test   -> also Debian's chromium for the browser tests and the optional search extras
 # torch comes from the CPU wheel on this machine's disk (requirements.txt pins torch==2.13.0; see DESIGN.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +37,16 @@ if ! connectors_built; then
   echo "[setup] building the built-in connectors (about 2 minutes on a fresh machine)"
   .venv/bin/python scripts/build_connectors.py --list "$cstamp.paths"
   { echo "$cwant"; cat "$cstamp.paths"; } > "$cstamp" && rm -f "$cstamp.paths"
+fi
+# Optional extras for library search at scale (Ray Data, LanceDB): about 45 s, for the tests of those paths.
+estamp=.venv/.vlmviz-extras
+ewant=$(cat "$stamp" requirements-extras.txt | sha1sum | cut -d' ' -f1)
+if [ "${1:-}" = "--test" ] && [ -z "${VLMVIZ_NO_EXTRAS:-}" ] && [ "$(cat "$estamp" 2>/dev/null)" != "$ewant" ]; then
+  echo "[setup] installing the optional search extras (Ray Data, LanceDB)"
+  if .venv/bin/pip install --disable-pip-version-check -q -r requirements-extras.txt 2>&1 \
+       | grep -v "is ignored: it is neither"; then :; fi
+  .venv/bin/python -c "import ray.data, lancedb" && echo "$ewant" > "$estamp" \
+    || echo "[setup] the search extras did not install; their tests will say so and skip" >&2
 fi
 if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
   echo "[setup] installing Debian chromium for the browser tests"

@@ -290,3 +290,55 @@ def test_cli_errors_are_one_line(tmp_path, capsys, built):
         assert code == 2, err
         assert expect in err and "Traceback" not in err and out == ""
         assert len(err.strip().splitlines()) == 1, err
+
+
+# ---- optional engines: Ray Data for indexing, LanceDB for approximate search ---------------------------
+RAY_WHY = ("Ray Data is an optional extra (requirements-extras.txt; `bash scripts/setup.sh --test` installs it): "
+           "without it the Ray indexing path is not exercised")
+LANCE_WHY = ("LanceDB is an optional extra (requirements-extras.txt; `bash scripts/setup.sh --test` installs it): "
+             "without it the approximate-search mirror is not exercised")
+
+
+def test_ray_data_index_equals_the_single_process_index(built, tmp_path):
+    ray = pytest.importorskip("ray", reason=RAY_WHY)
+    pytest.importorskip("ray.data", reason=RAY_WHY)
+    lib, single, _ = built
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        index = SearchIndex.create(lib, tmp_path / "ray", connector="photo")
+        report = index.update(engine="ray", batch_size=2)
+    finally:
+        ray.shutdown()
+    assert report["embedded"] == 7 and set(report["bad"]) == {"notes.jpg", "broken.jpg"}
+    assert index.store.files().keys() == single.store.files().keys()
+    a, b = dict(zip(*index.store.vectors())), dict(zip(*single.store.vectors()))
+    assert a.keys() == b.keys()
+    for h in a:
+        np.testing.assert_allclose(a[h], b[h], atol=1e-5)
+    assert _names(index.search("a cat", k=1)) == ["chelsea.jpg"]
+
+
+def test_lance_mirror_follows_the_exact_index_and_finds_its_neighbours(built, tmp_path):
+    pytest.importorskip("lancedb", reason=LANCE_WHY)
+    from vlmviz.search.lance import LanceStore
+
+    lib, index, _ = built
+    assert index.sync_ann()["rows"] == 7
+    assert _names(index.search("a cat", k=3, ann=True)) == _names(index.search("a cat", k=3))
+    # enough clustered vectors for a real IVF-PQ index, then a deletion that the mirror must follow
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 32)).astype(np.float32)
+    vec = centres[rng.integers(0, 20, 2000)] + 0.5 * rng.standard_normal((2000, 32)).astype(np.float32)
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    names = [f"v{i}" for i in range(2000)]
+    exact = ShardStore(tmp_path / "exact", create=True)
+    exact.append(names, vec, [(f"{h}.png", 1, 1, h) for h in names])
+    lance = LanceStore(tmp_path / "lance")
+    assert lance.sync(exact) == {"added": 2000, "deleted": 0, "rows": 2000}
+    lance.build_ann()
+    assert lance.table.list_indices()
+    recall = [len({h for h, _ in exact.top_k(q, 10)} & {h for h, _ in lance.top_k(q, 10)}) / 10 for q in vec[:30]]
+    assert np.mean(recall) >= 0.8, recall
+    exact.remove_files([f"v{i}.png" for i in range(0, 2000, 2)])
+    assert lance.sync(exact)["deleted"] == 1000 and len(lance) == 1000
+    assert all(int(h[1:]) % 2 for q in vec[:10] for h, _ in lance.top_k(q, 10))

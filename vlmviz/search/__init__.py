@@ -9,9 +9,9 @@
 The default store (vlmviz.search.store) is float32 shards plus SQLite with exact top-k; vlmviz.search.ray_index
 builds the same index on Ray Data when a library outgrows one machine.
 """
-from .index import IndexCancelled, SearchIndex, default_index_dir, resolve_connector, scan
+from .index import IndexCancelled, SearchIndex, default_index_dir, indexes_of, resolve_connector, scan
 from .query import parse_query
 from .store import Hit, IndexStoreError, ShardStore
 
 __all__ = ["Hit", "IndexCancelled", "IndexStoreError", "SearchIndex", "ShardStore", "default_index_dir",
-           "parse_query", "resolve_connector", "scan"]
+           "indexes_of", "parse_query", "resolve_connector", "scan"]

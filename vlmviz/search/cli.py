@@ -27,6 +27,18 @@ def _bar():
     return progress, close
 
 
+def _extra(fn):
+    """A missing optional extra (Ray, LanceDB) is the user's to install: one line, exit 2, as for bad input."""
+    def wrapper(args):
+        try:
+            return fn(args)
+        except ImportError as err:
+            raise ValueError(str(err)) from None
+
+    return wrapper
+
+
+@_extra
 def cmd_index(args):
     from .index import SearchIndex
 
@@ -35,7 +47,8 @@ def cmd_index(args):
     index = SearchIndex.create(args.folder, args.index, args.connector)
     progress, close = _bar()
     try:
-        report = index.update(batch_size=args.batch_size, progress=None if args.quiet else progress)
+        report = index.update(batch_size=args.batch_size, progress=None if args.quiet else progress,
+                              engine=args.engine)
     except KeyboardInterrupt:
         close()
         print("interrupted: everything embedded so far is saved; run the same command to go on", file=sys.stderr)
@@ -43,6 +56,8 @@ def cmd_index(args):
     close()
     if args.compact:
         report["reclaimed_rows"] = index.store.compact()
+    if args.ann == "lance":
+        report["lance"] = index.sync_ann()
     for line in report["repaired"]:
         print(f"repaired: {line} (its files were embedded again)", file=sys.stderr)
     for path, reason in sorted(report["bad"].items()):
@@ -55,12 +70,13 @@ def cmd_index(args):
               f"{report['unchanged']} unchanged, {report['removed']} removed, {len(report['bad'])} skipped)")
 
 
+@_extra
 def cmd_search(args):
     from .index import SearchIndex
 
     index = SearchIndex.open(args.index, connector=args.connector)
     hits = index.search(args.query, k=args.k, min_score=args.min_score, folder=args.folder, after=args.after,
-                        before=args.before)
+                        before=args.before, ann=args.ann)
     if args.json:
         print(json.dumps([{"path": h.path, "score": round(h.score, 6)} for h in hits]))
     else:
@@ -77,6 +93,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--index", default=None, help="index folder (default: under $VLMVIZ_CACHE/indexes, never inside "
                                                  "the library)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: embed on Ray Data (a running cluster after ray.init, else local worker processes)")
+    p.add_argument("--ann", choices=("none", "lance"), default="none",
+                   help="lance: also keep a LanceDB IVF-PQ mirror for approximate search of very large libraries")
     p.add_argument("--compact", action="store_true", help="afterwards, rewrite the shards without removed files' rows")
     p.add_argument("--json", action="store_true", help="print the update report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -92,6 +112,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--after", metavar="YYYY-MM-DD", help="only files modified on or after this day")
     p.add_argument("--before", metavar="YYYY-MM-DD", help="only files modified before this day")
     p.add_argument("--connector", help="refuse unless the index was built with this connector")
+    p.add_argument("--ann", action="store_true", help="approximate, through the LanceDB mirror (index --ann lance)")
     p.add_argument("--json", action="store_true", help="a JSON list of {path, score}")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_search)

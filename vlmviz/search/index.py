@@ -65,12 +65,18 @@ def scan(root: Path, skip: Path | None = None) -> dict[str, tuple[int, int]]:
     return out
 
 
-def default_index_dir(folder: str | Path) -> Path:
-    """Where `python -m vlmviz index FOLDER` keeps FOLDER's index unless told otherwise (outside the library,
-    so indexing never writes into a user's photo folder)."""
+def default_index_dir(folder: str | Path, connector_sha1: str) -> Path:
+    """Where `python -m vlmviz index FOLDER` keeps FOLDER's index for one connector unless told otherwise
+    (outside the library, so indexing never writes into a user's photo folder)."""
     folder = Path(folder).expanduser().resolve()
     digest = hashlib.sha1(str(folder).encode()).hexdigest()[:8]
-    return cache_dir("indexes") / f"{folder.name or 'root'}-{digest}"
+    return cache_dir("indexes") / f"{folder.name or 'root'}-{digest}-{connector_sha1[:8]}"
+
+
+def indexes_of(folder: str | Path) -> list[Path]:
+    """The default-place indexes of an image folder, one per connector it was indexed with."""
+    stem = default_index_dir(folder, "").name
+    return sorted(p.parent for p in cache_dir("indexes").glob(f"{stem}*/index.sqlite"))
 
 
 def resolve_connector(spec: str | None):
@@ -141,8 +147,8 @@ class SearchIndex:
         folder = Path(folder).expanduser().resolve()
         if not folder.is_dir():
             raise ValueError(f"{folder}: expected a folder of images")
-        index_dir = Path(index_dir).expanduser() if index_dir else default_index_dir(folder)
         pipe, identity = resolve_connector(connector)
+        index_dir = Path(index_dir).expanduser() if index_dir else default_index_dir(folder, identity["sha1"])
         store = ShardStore(index_dir, create=True)
         meta = store.get_meta()
         if "connector" in meta:
@@ -158,15 +164,22 @@ class SearchIndex:
         """An index folder, or an image folder indexed at its default place. With `connector`, the connector
         must be the one the index was built with."""
         path = Path(path).expanduser()
-        if not (path / "index.sqlite").exists() and path.is_dir() and (default_index_dir(path) / "index.sqlite").exists():
-            path = default_index_dir(path)
+        pipe = identity = None
+        if connector is not None:
+            pipe, identity = resolve_connector(connector)
+        if not (path / "index.sqlite").exists() and path.is_dir():
+            found = indexes_of(path)
+            if identity is not None and default_index_dir(path, identity["sha1"]) in found:
+                found = [default_index_dir(path, identity["sha1"])]
+            if len(found) > 1:
+                raise IndexStoreError(f"{path} is indexed with {len(found)} connectors; name one with --connector "
+                                      f"or give the index folder: {', '.join(p.name for p in found)}")
+            path = found[0] if found else path
         store = ShardStore(path)
         meta = store.get_meta()
         if "connector" not in meta:
             raise IndexStoreError(f"{path}: the index records no connector; rebuild it with `python -m vlmviz index`")
-        pipe = None
-        if connector is not None:
-            pipe, identity = resolve_connector(connector)
+        if identity is not None:
             _check_same(meta, identity, path)
         return cls(store, pipe)
 
@@ -181,10 +194,11 @@ class SearchIndex:
 
     # ---- building -----------------------------------------------------------------------------------------
     def update(self, batch_size: int = 16, progress: Progress | None = None,
-               cancel: threading.Event | None = None) -> dict:
+               cancel: threading.Event | None = None, engine: str = "local") -> dict:
         """Bring the index in line with the folder: embed new or changed files, recognise renamed and copied ones
         by content hash, drop removed ones, retry files that were bad. Commits after every batch, so a kill or a
-        cancel loses at most the batch in flight. Returns what changed."""
+        cancel loses at most the batch in flight. engine 'ray' computes the embeddings on Ray Data (a cluster, or
+        local processes), written into the same shards. Returns what changed."""
         problems = self.store.verify()
         on_disk = scan(self.root, skip=self.store.root.resolve())
         known = self.store.files()
@@ -221,7 +235,7 @@ class SearchIndex:
             if row[3] not in seen:
                 seen.add(row[3])
                 unique.append(row)
-        self._embed(unique, todo, batch_size, progress, cancel, report)
+        self._embed(unique, todo, batch_size, progress, cancel, report, engine)
         self.store.prune()
         if report["bad"]:
             self.store.mark_bad(sorted(report["bad"].items()))
@@ -229,28 +243,27 @@ class SearchIndex:
         report.update(self.store.counts())
         return report
 
-    def _embed(self, unique, todo, batch_size, progress, cancel, report) -> None:
+    def _embed(self, unique, todo, batch_size, progress, cancel, report, engine: str = "local") -> None:
+        """Embed `unique` (one row per new content) and commit batch by batch, whichever engine computes them."""
         if not unique:
             return
-        pipe = self.pipe
         by_hash: dict[str, list] = {}
         for row in todo:
             by_hash.setdefault(row[3], []).append(row)
-        out: queue.Queue = queue.Queue(maxsize=2)
-        stop = threading.Event()
-        worker = threading.Thread(target=_prefetch, args=(pipe, self.root, unique, batch_size, out, stop), daemon=True)
-        worker.start()
+        if engine == "ray":
+            from .ray_index import embed_batches
+
+            batches = embed_batches(self.meta["connector"], self.root, unique, batch_size)
+        elif engine == "local":
+            batches = self._local_batches(unique, batch_size)
+        else:
+            raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
         done = 0
         try:
-            while (item := out.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                good, pixels, bad = item
+            for good, vec, bad in batches:
                 report["bad"].update(bad)
-                if pixels is not None:
-                    vec = embed_pixels(pipe, pixels)
-                    rows = [r for g in good for r in by_hash[g[3]]]
-                    self.store.append([g[3] for g in good], vec, rows)
+                if good:
+                    self.store.append([g[3] for g in good], vec, [r for g in good for r in by_hash[g[3]]])
                     report["embedded"] += len(good)
                 done += len(good) + len(bad)
                 if progress:
@@ -258,6 +271,23 @@ class SearchIndex:
                 if cancel is not None and cancel.is_set():
                     raise IndexCancelled(f"cancelled after {done} of {len(unique)} images; run the update again to "
                                          "go on from there")
+        finally:
+            batches.close()
+
+    def _local_batches(self, unique, batch_size):
+        """(files, unit vectors, bad files) per batch, in this process: a thread decodes the next batch while
+        the encoder runs on this one."""
+        pipe = self.pipe
+        out: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+        worker = threading.Thread(target=_prefetch, args=(pipe, self.root, unique, batch_size, out, stop), daemon=True)
+        worker.start()
+        try:
+            while (item := out.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                good, pixels, bad = item
+                yield good, (embed_pixels(pipe, pixels) if pixels is not None else None), bad
         finally:
             stop.set()
             while worker.is_alive():  # unblock a worker waiting on a full queue
@@ -291,11 +321,21 @@ class SearchIndex:
         pixels = self.pipe.encoder.preprocess([load_image(path, name=path.name)])
         return embed_pixels(self.pipe, pixels)[0]
 
+    def sync_ann(self) -> dict:
+        """Bring the LanceDB mirror (IVF-PQ, approximate) in line with the exact index; see vlmviz.search.lance."""
+        from .lance import LanceStore
+
+        lance = LanceStore(self.store.root / "lance")
+        report = lance.sync(self.store)
+        if report["added"] or report["deleted"]:
+            lance.build_ann()
+        return report
+
     def search(self, query: str | np.ndarray, k: int = 20, min_score: float | None = None, folder: str | None = None,
-               after: str | None = None, before: str | None = None) -> list[Hit]:
+               after: str | None = None, before: str | None = None, ann: bool = False) -> list[Hit]:
         """Top-k files for a query expression (or a unit vector), best first: exact cosine over every vector,
         optionally only files under `folder` (relative to the library) or modified within [after, before)
-        (dates as YYYY-MM-DD)."""
+        (dates as YYYY-MM-DD). ann: through the LanceDB mirror (approximate; built by sync_ann)."""
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive whole number, got {k!r}")
         vec = self.query_vector(query) if isinstance(query, str) else np.asarray(query, np.float32)
@@ -303,7 +343,17 @@ class SearchIndex:
         allowed = None
         if where:
             allowed = {h for (h,) in self.store.db.execute(f"SELECT hash FROM files {where}", params)}
-        ranked = self.store.top_k(vec, k, allowed)
+        if ann:
+            from .lance import LanceStore
+
+            if not (self.store.root / "lance").is_dir():
+                raise IndexStoreError(f"{self.store.root} has no LanceDB mirror; build it with "
+                                      "`python -m vlmviz index FOLDER --ann lance`")
+            fetch = k if allowed is None else k * 10  # filters apply after the approximate search
+            ranked = [(h, s) for h, s in LanceStore(self.store.root / "lance").top_k(vec, fetch)
+                      if allowed is None or h in allowed][:k]
+        else:
+            ranked = self.store.top_k(vec, k, allowed)
         paths = self.store.paths_of([h for h, _ in ranked], where, params)
         hits = []
         for h, score in ranked:

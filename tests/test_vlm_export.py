@@ -40,8 +40,9 @@ def target(style, config):
                                scale_factor=config["scale_factor"])
         return T.models.idefics3.modeling_idefics3.Idefics3Connector(cfg), "connector."
     tokens_side = SIDE // config["pool"]
-    cfg = T.Gemma3Config(vision_config=T.SiglipVisionConfig(hidden_size=config["vision_hidden_size"], image_size=SIDE * 4,
-                                                            patch_size=4, layer_norm_eps=config["layer_norm_eps"]),
+    vision = T.SiglipVisionConfig(hidden_size=config["vision_hidden_size"], image_size=SIDE * 4, patch_size=4,
+                                  layer_norm_eps=config["layer_norm_eps"])
+    cfg = T.Gemma3Config(vision_config=vision,
                          text_config=T.Gemma3TextConfig(hidden_size=config["text_hidden_size"]),
                          mm_tokens_per_image=tokens_side ** 2)
     return T.models.gemma3.modeling_gemma3.Gemma3MultiModalProjector(cfg), "multi_modal_projector."

@@ -37,8 +37,8 @@ class Gemma3Projector(Projector):
         self.mm_input_projection_weight = nn.Parameter(torch.randn(in_dim, out_dim) / in_dim ** 0.5)
 
     def set_input_stats(self, tokens) -> None:
-        """Kept at identity: a norm comes first, as in Gemma 3, and a per-dimension standardisation before it could
-        not be written into Gemma 3's format (vlms/export.py)."""
+        """Kept at identity: a norm comes first, as in Gemma 3, and a per-dimension standardisation
+        before it could not be written into Gemma 3's format (vlms/export.py)."""
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return max(1, grid_side(num_input_tokens) // self.pool) ** 2

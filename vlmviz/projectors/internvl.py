@@ -26,8 +26,8 @@ class InternVLProjector(Projector):
         self.linear_2 = nn.Linear(out_dim, out_dim)
 
     def set_input_stats(self, tokens) -> None:
-        """Kept at identity: a norm comes first, as in InternVL, and a per-dimension standardisation before it could
-        not be written into InternVL's format (vlms/export.py)."""
+        """Kept at identity: a norm comes first, as in InternVL, and a per-dimension standardisation
+        before it could not be written into InternVL's format (vlms/export.py)."""
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return math.ceil(grid_side(num_input_tokens) / self.scale) ** 2

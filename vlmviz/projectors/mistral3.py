@@ -29,8 +29,8 @@ class Mistral3Projector(Projector):
         self.linear_2 = nn.Linear(out_dim, out_dim, bias=bias)
 
     def set_input_stats(self, tokens) -> None:
-        """Kept at identity: a norm comes first, as in Mistral 3, and a per-dimension standardisation before it could
-        not be written into Mistral 3's format (vlms/export.py)."""
+        """Kept at identity: a norm comes first, as in Mistral 3, and a per-dimension standardisation
+        before it could not be written into Mistral 3's format (vlms/export.py)."""
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return math.ceil(grid_side(num_input_tokens) / self.merge) ** 2

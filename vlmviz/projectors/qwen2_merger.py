@@ -30,14 +30,15 @@ class Qwen2MergerProjector(Projector):
         super().__init__(in_dim, out_dim, norm=norm, merge=merge, hidden_dim=hidden_dim)
         self.merge = merge
         # eps 1e-6 as both Qwen mergers use
-        self.ln_q = nn.LayerNorm(in_dim, eps=1e-6) if norm == "layernorm" else nn.RMSNorm(in_dim, eps=1e-6)
+        norm_cls = nn.LayerNorm if norm == "layernorm" else nn.RMSNorm
+        self.ln_q = norm_cls(in_dim, eps=1e-6)
         self.linear_1 = nn.Linear(in_dim * merge * merge, hidden_dim)
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(hidden_dim, out_dim)
 
     def set_input_stats(self, tokens) -> None:
-        """Kept at identity: a norm comes first, as in Qwen's merger, and a per-dimension standardisation before it could
-        not be written into Qwen's merger's format (vlms/export.py)."""
+        """Kept at identity: a norm comes first, as in Qwen's merger, and a per-dimension standardisation
+        before it could not be written into Qwen's merger's format (vlms/export.py)."""
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return math.ceil(grid_side(num_input_tokens) / self.merge) ** 2

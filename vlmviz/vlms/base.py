@@ -109,8 +109,9 @@ def load_connector(projector: Projector, state: dict[str, torch.Tensor], family:
     wrong = [f"{k}: vlmviz {tuple(ours[k].shape)}, model {tuple(state[k].shape)}"
              for k in ours if k in state and ours[k].shape != state[k].shape]
     if missing or unused or wrong:
+        parts = [f"missing {missing}" if missing else "", f"unused {unused}" if unused else "", "; ".join(wrong)]
         raise VLMError(f"{family}: its connector does not fit vlmviz's {projector.family} "
-                       f"({'; '.join(filter(None, [missing and f'missing {missing}', unused and f'unused {unused}', '; '.join(wrong)]))})")
+                       f"({'; '.join(p for p in parts if p)})")
     full = {**projector.state_dict(), **{k: v.detach().float() for k, v in state.items()}}
     projector.load_state_dict(full, strict=True)
     return projector.float().eval().requires_grad_(False)

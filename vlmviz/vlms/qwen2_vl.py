@@ -33,7 +33,8 @@ def patchify(pixels: torch.Tensor, patch: int, merge: int, temporal: int) -> tor
 def blocks_to_raster(tokens: torch.Tensor, B: int, gh: int, gw: int, merge: int) -> torch.Tensor:
     """Qwen's block order (B * gh * gw, D) -> raster order (B, gh * gw, D)."""
     D = tokens.shape[-1]
-    x = tokens.reshape(B, gh // merge, gw // merge, merge, merge, D).permute(0, 1, 3, 2, 4, 5)  # (B, gh/m, m, gw/m, m, D)
+    x = tokens.reshape(B, gh // merge, gw // merge, merge, merge, D)  # (B, gh/m, gw/m, m, m, D)
+    x = x.permute(0, 1, 3, 2, 4, 5)  # (B, gh/m, m, gw/m, m, D)
     return x.reshape(B, gh * gw, D)
 
 

@@ -136,22 +136,6 @@ def part_incremental(tmp: Path, n: int = 96) -> None:
           f"{full:.2f} s, ratio {full / one:.1f}x; indexes equal: {same}")
 
 
-def _scores(index, queries: dict[str, set[str]]) -> dict:
-    """Mean recall@1/5/10 (any relevant image in the top k) and mAP of each query over the whole index."""
-    hashes, vectors = index.store.vectors()
-    path_of = {h: Path(p[0]).name for h, p in index.store.paths_of(hashes).items()}
-    names = np.array([path_of[h] for h in hashes])
-    out = {"R@1": [], "R@5": [], "R@10": [], "mAP": []}
-    for text, relevant in queries.items():
-        order = np.argsort(-(vectors @ index.query_vector(text)), kind="stable")
-        hit = np.isin(names[order], list(relevant))
-        for k in (1, 5, 10):
-            out[f"R@{k}"].append(float(hit[:k].any()))
-        ranks = np.flatnonzero(hit) + 1
-        out["mAP"].append(float(np.mean(np.arange(1, len(ranks) + 1) / ranks)))
-    return {k: float(np.mean(v)) for k, v in out.items()} | {"queries": len(queries), "images": len(hashes)}
-
-
 def _checkpoint(tmp, name, proj, **meta):
     from vlmviz.checkpoints import save_checkpoint
 
@@ -191,6 +175,7 @@ def part_quality(tmp: Path, n_train: int = 600, n_test: int = 300) -> None:
     from vlmviz.encoders import load_vision_encoder
     from vlmviz.scene_connector import ENCODER, TEXT, TOKENS, pooled_features
     from vlmviz.search import SearchIndex
+    from vlmviz.search.evaluate import index_scores
     from vlmviz.text import load_text_space
 
     encoder, text = load_vision_encoder(ENCODER), load_text_space(TEXT)
@@ -201,15 +186,18 @@ def part_quality(tmp: Path, n_train: int = 600, n_test: int = 300) -> None:
     x = pooled_features(encoder, train)
     conns = _connectors(tmp, "scenes", x, text.encode([s.caption for s in train]), text.dim, meta,
                         trained=built_in_checkpoint(SCENES_LOWRANK))
-    queries: dict[str, set[str]] = {}
+    pair: dict[str, set[str]] = {}
+    sized: dict[str, set[str]] = {}
     for i, s in enumerate(test):
-        queries.setdefault(f"a {s.meta['color']} {s.meta['shape']}", set()).add(f"{i:05d}.png")
+        pair.setdefault(f"a {s.meta['color']} {s.meta['shape']}", set()).add(f"{i:05d}.png")
+        sized.setdefault(f"a {s.meta['size']} {s.meta['color']} {s.meta['shape']}", set()).add(f"{i:05d}.png")
     for name, ck in conns.items():
         index = SearchIndex.create(tmp / "scenes", tmp / f"scenes-{name[:5]}", connector=str(ck))
         index.update()
-        r = _scores(index, queries)
-        print(f"QUALITY scenes (held-out color+shape pairs) {name}: R@1 {r['R@1']:.3f} R@5 {r['R@5']:.3f} "
-              f"R@10 {r['R@10']:.3f} mAP {r['mAP']:.3f} ({r['queries']} queries over {r['images']} images)")
+        for what, queries in (("color+shape", pair), ("size+color+shape", sized)):
+            r = index_scores(index, queries)
+            print(f"QUALITY scenes ({what} queries, held-out pairs) {name}: R@1 {r['R@1']:.3f} R@5 {r['R@5']:.3f} "
+                  f"R@10 {r['R@10']:.3f} mAP {r['mAP']:.3f} ({r['queries']} queries over {r['images']} images)")
     # digits: the first 1200 train the connectors, the other 597 are searched
     digits = load_digits_dataset()
     d_train, d_test = digits[:1200], digits[1200:]
@@ -223,7 +211,7 @@ def part_quality(tmp: Path, n_train: int = 600, n_test: int = 300) -> None:
     for name, ck in conns.items():
         index = SearchIndex.create(tmp / "digits", tmp / f"digits-{name[:5]}", connector=str(ck))
         index.update()
-        r = _scores(index, queries)
+        r = index_scores(index, queries)
         print(f"QUALITY digits (held-out images) {name}: R@1 {r['R@1']:.3f} R@5 {r['R@5']:.3f} R@10 {r['R@10']:.3f} "
               f"mAP {r['mAP']:.3f} ({r['queries']} queries over {r['images']} images)")
 

@@ -15,8 +15,8 @@ NAMES = sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 CELL_TIMEOUT_S = 300
 
 
-def test_six_notebooks_exist():
-    assert [n[:2] for n in NAMES] == ["01", "02", "03", "04", "05", "06"], NAMES
+def test_seven_notebooks_exist():
+    assert [n[:2] for n in NAMES] == ["01", "02", "03", "04", "05", "06", "07"], NAMES
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -130,6 +130,18 @@ def check_06_captioning(s, nb):
     assert s["steps"] >= 2 and s["last_loss"] < s["first_loss"]
     assert len(s["greedy"]) == len(s["sampled"]) >= 1 and all(isinstance(t, str) for t in s["greedy"])
     assert isinstance(s["text_only"], str)
+
+
+def check_07_search_your_photos(s, nb):
+    assert s["indexed"] == 14 and s["bad"] == ["notes.jpg"]
+    assert s["top"] == {"a cat": "chelsea.jpg", "a cup of coffee": "coffee.jpg", "a rocket launch": "rocket.jpg",
+                        '"a horse" - "grass"': "horse.jpg"}
+    assert s["similar_first"] == "chelsea.jpg"
+    assert s["travel"] == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "horse.jpg", "retina.jpg"]
+    assert s["update"] == {"embedded": 1, "renamed_or_copied": 2, "removed": 1, "files": 15, "vectors": 14}
+    trained, floor = s["quality"]["scenes connector (trained)"], s["quality"]["untrained, same shape"]
+    assert trained["mAP"] > floor["mAP"] + 0.3 and trained["R@1"] >= 0.8
+    assert _images(nb) >= 5
 
 
 @pytest.mark.timeout(600)

@@ -5,7 +5,8 @@ import json
 import sys
 
 
-def _bar():
+def progress_bar():
+    """(progress, close) for SearchIndex.update: one tqdm bar per stage (checking files, embedding images)."""
     from tqdm.auto import tqdm
 
     state = {}
@@ -45,7 +46,7 @@ def cmd_index(args):
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     index = SearchIndex.create(args.folder, args.index, args.connector)
-    progress, close = _bar()
+    progress, close = progress_bar()
     try:
         report = index.update(batch_size=args.batch_size, progress=None if args.quiet else progress,
                               engine=args.engine)

@@ -229,7 +229,8 @@ class SearchIndex:
             report["renamed_or_copied"] = sum(1 for r in renamed if r[0] not in known)
         gone = [p for p in known if p not in on_disk]
         self.store.remove_files(gone)
-        report["removed"] = len(gone)
+        still_here = {r[3] for r in renamed}  # a moved file's old path is gone, its content is not
+        report["removed"] = sum(1 for p in gone if known[p][2] not in still_here)
         unique = []  # one embedding per content: copies within the batch share it
         for row in todo:
             if row[3] not in seen:

@@ -355,3 +355,19 @@ def test_retrieval_scores_by_hand():
     assert s["mAP"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 1) / 2)
     with pytest.raises(ValueError, match="no relevant"):
         retrieval_scores(vec, ["a", "b", "c", "d"], {"z": (q, set())})
+
+
+def test_readme_search_example_runs(monkeypatch):
+    import contextlib
+    import io
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    code = next(c for c in re.findall(r"```python\n(.*?)```", readme, re.S) if "vlmviz.search" in c)
+    monkeypatch.chdir(ROOT)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    lines = out.getvalue().splitlines()
+    assert "'files': 14" in lines[0]
+    assert lines[1].endswith("coffee.jpg") and len(lines) == 4

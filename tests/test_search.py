@@ -371,3 +371,26 @@ def test_readme_search_example_runs(monkeypatch):
     lines = out.getvalue().splitlines()
     assert "'files': 14" in lines[0]
     assert lines[1].endswith("coffee.jpg") and len(lines) == 4
+
+
+def test_index_through_a_real_vlms_own_connector(tmp_path):
+    """A saved VLM (a tiny random Qwen2-VL, its own config class) as the connector: vectors are its merger's
+    tokens mean-pooled in its LM's embedding space; the index records it and refuses another."""
+    from test_vlms import config, SUPPORTED
+    import torch
+    import transformers as T
+
+    torch.manual_seed(0)
+    model = getattr(T, SUPPORTED["qwen2_vl"][0])(config("qwen2_vl")).eval()
+    model.save_pretrained(tmp_path / "qwen")
+    lib = _library(tmp_path / "photos")
+    index = SearchIndex.create(lib, tmp_path / "ix", connector=f"vlm:{tmp_path / 'qwen'}")
+    report = index.update(batch_size=4)
+    assert report["embedded"] == 7 and index.summary()["connector"] == f"vlm:{(tmp_path / 'qwen').resolve()}"
+    assert index.store.dim == model.config.text_config.hidden_size
+    hit = index.search(str(lib / "horse.jpg"), k=1)[0]
+    assert Path(hit.path).name == "horse.jpg" and hit.score == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(IndexStoreError, match="another connector"):
+        SearchIndex.open(tmp_path / "ix", connector="photo")
+    with pytest.raises(ValueError, match="config.json"):
+        SearchIndex.create(lib, tmp_path / "x", connector=f"vlm:{tmp_path}")

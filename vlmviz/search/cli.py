@@ -90,7 +90,8 @@ def add_parsers(sub) -> None:
                                      "incremental and resumable")
     p.add_argument("folder", help="the image library: jpg, png, webp, gif, bmp, tiff, in any subfolder")
     p.add_argument("--connector", default=None,
-                   help="'photo' (the built-in photo connector, default), 'scenes', or a checkpoint file")
+                   help="'photo' (the built-in photo connector, default), 'scenes', a checkpoint file, or "
+                        "vlm:FOLDER (a saved VLM's own tower and connector)")
     p.add_argument("--index", default=None, help="index folder (default: under $VLMVIZ_CACHE/indexes, never inside "
                                                  "the library)")
     p.add_argument("--batch-size", type=int, default=16)

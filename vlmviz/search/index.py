@@ -85,6 +85,8 @@ def resolve_connector(spec: str | None):
     from ..builtins import BUILT_IN, PHOTO_CONSE, SCENES_LOWRANK, built_in_checkpoint
     from ..explore import get_checkpoint_pipeline
 
+    if isinstance(spec, str) and spec.startswith("vlm:"):
+        return _vlm_connector(spec)
     aliases = {None: PHOTO_CONSE, "photo": PHOTO_CONSE, "scenes": SCENES_LOWRANK}
     label = aliases.get(spec, spec)
     if label in BUILT_IN:
@@ -99,6 +101,32 @@ def resolve_connector(spec: str | None):
     identity = {"connector": label, "sha1": file_hash(Path(path)), "encoder": pipe.encoder.name,
                 "text": pipe.text.name, "tokens": pipe.tokens, "pooling": pipe.pooling}
     return pipe, identity
+
+
+def _vlm_connector(spec: str):
+    """A real VLM's own tower and connector (vlmviz.vlms) from a saved folder: 'vlm:PATH'. Its identity hashes the
+    config and the weight files' names, sizes and mtimes (hashing gigabytes of weights on every query would not do)."""
+    from ..explore import Pipeline
+
+    folder = Path(spec[len("vlm:"):]).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"connector {spec!r}: expected vlm:FOLDER, a saved VLM's folder with config.json")
+    folder = folder.resolve()
+    key = _VLMS.get(str(folder))
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    h = hashlib.sha1((folder / "config.json").read_bytes())
+    for w in weights:
+        st = w.stat()
+        h.update(f"{w.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    if key is None or key[0] != h.hexdigest():
+        key = _VLMS[str(folder)] = (h.hexdigest(), Pipeline.from_vlm(folder))
+    pipe = key[1]
+    identity = {"connector": f"vlm:{folder}", "sha1": key[0], "encoder": pipe.encoder.name, "text": pipe.text.name,
+                "tokens": pipe.tokens, "pooling": pipe.pooling}
+    return pipe, identity
+
+
+_VLMS: dict[str, tuple] = {}  # folder -> (identity hash, pipeline): a VLM is opened once per process
 
 
 def embed_pixels(pipe, pixels: torch.Tensor) -> np.ndarray:

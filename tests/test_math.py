@@ -86,6 +86,7 @@ def test_gap_alignment_uniformity_reference(pair):
     n = len(a)
     pairs = [np.exp(-2 * np.sum((a[i] - a[j]) ** 2)) for i in range(n) for j in range(i + 1, n)]
     assert metrics.uniformity(img) == pytest.approx(np.log(np.mean(pairs)))
+    assert metrics.uniformity(img, chunk=3) == pytest.approx(np.log(np.mean(pairs)))  # row blocks add up the same
 
 
 def test_mutual_knn_reference(pair):
@@ -100,6 +101,7 @@ def test_mutual_knn_reference(pair):
 
     ref = np.mean([len(knn(a, i) & knn(b, i)) / k for i in range(n)])
     assert metrics.mutual_knn(img, txt, k) == pytest.approx(ref)
+    assert metrics.mutual_knn(img, txt, k, chunk=3) == pytest.approx(ref)  # row blocks: the same neighbours
     assert metrics.mutual_knn(img, img, k) == 1.0
     with pytest.raises(ValueError, match="1 <= k < N"):
         metrics.mutual_knn(img, txt, 20)

@@ -69,29 +69,39 @@ def alignment(img: torch.Tensor, txt: torch.Tensor, alpha: float = 2.0) -> float
     return float((x - y).norm(dim=1).pow(alpha).mean())
 
 
-def uniformity(x: torch.Tensor, t: float = 2.0) -> float:
-    """log E_{i<j} exp(-t ||x_i - x_j||^2) on the unit sphere (Wang & Isola 2020); lower is more uniform."""
+def uniformity(x: torch.Tensor, t: float = 2.0, chunk: int = 4096) -> float:
+    """log E_{i<j} exp(-t ||x_i - x_j||^2) on the unit sphere (Wang & Isola 2020); lower is more uniform.
+    Summed over row blocks of `chunk`, so 100k points never hold an N x N matrix: the sum over all ordered pairs
+    counts each i < j twice and each i = i once (exp(0) = 1)."""
     x = F.normalize(x.float(), dim=-1)
-    sq = torch.pdist(x).pow(2)  # (N (N - 1) / 2,)
-    return float(sq.mul(-t).exp().mean().log())
+    n, total = len(x), 0.0
+    for start in range(0, n, chunk):
+        sq = (2 - 2 * x[start:start + chunk] @ x.T).clamp_min(0)  # (c, N): ||a - b||^2 of unit vectors
+        total += float(sq.mul_(-t).exp_().sum(dtype=torch.float64))
+    return float(torch.tensor((total - n) / (n * (n - 1)), dtype=torch.float64).log())
 
 
-def mutual_knn(img: torch.Tensor, txt: torch.Tensor, k: int = 10) -> float:
+def _knn(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+    """(N, k) indices of each row's k nearest rows by cosine, self excluded, in row blocks (no N x N matrix)."""
+    x = F.normalize(x.float(), dim=-1)
+    out = []
+    for start in range(0, len(x), chunk):
+        sim = x[start:start + chunk] @ x.T  # (c, N)
+        sim[torch.arange(len(sim)), torch.arange(start, start + len(sim))] = float("-inf")
+        out.append(sim.topk(k, dim=1).indices)
+    return torch.cat(out)
+
+
+def mutual_knn(img: torch.Tensor, txt: torch.Tensor, k: int = 10, chunk: int = 2048) -> float:
     """Mean overlap of the k nearest neighbours of each item in image space and in text space (Huh et al. 2024,
-    the platonic representation hypothesis); neighbours by cosine, self excluded. 1 = identical neighbourhoods."""
+    the platonic representation hypothesis); neighbours by cosine, self excluded. 1 = identical neighbourhoods.
+    Memory O(chunk x N + N x k x k), so it runs on 100k pairs."""
     n = len(img)
     if not 1 <= k < n:
         raise ValueError(f"mutual_knn needs 1 <= k < N, got k={k}, N={n}")
-
-    def knn(x):
-        sim = similarity_matrix(x, x)
-        sim.fill_diagonal_(float("-inf"))
-        return sim.topk(k, dim=1).indices  # (N, k)
-
-    a, b = knn(img), knn(txt)
-    hits = torch.zeros(n, n, dtype=torch.bool)
-    hits[torch.arange(n)[:, None], a] = True
-    return float(hits.gather(1, b).float().sum(1).div(k).mean())
+    a, b = _knn(img, k, chunk), _knn(txt, k, chunk)  # (N, k) each
+    shared = (a[:, :, None] == b[:, None, :]).any(-1).sum(1)  # (N,): neighbours in both lists
+    return float(shared.float().div(k).mean())
 
 
 def cka(x: torch.Tensor, y: torch.Tensor) -> float:

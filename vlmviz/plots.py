@@ -50,6 +50,32 @@ def _with_colour_bar(img: Image.Image, cmap: str, lo: float, hi: float, label: s
     return out
 
 
+def provenance_overlay(image: Image.Image, weights: np.ndarray, box: tuple[int, int, int, int] | None = None,
+                       size: int = 448) -> Image.Image:
+    """The image as the tower saw it, dimmed except the source patches of one projected token (vlmviz.provenance),
+    which are tinted by their share; `box` outlines the token's own cell of the output grid."""
+    from PIL import ImageDraw
+
+    img = np.asarray(_center_square(image).convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
+    w = np.asarray(weights, dtype=np.float32)
+    share = w / (w.max() + 1e-12)  # (gh, gw), 1 for the strongest patch
+    cells = np.asarray(Image.fromarray((share * 255).astype(np.uint8)).resize((size, size), Image.NEAREST))
+    a = (cells.astype(np.float32) / 255)[..., None]  # (size, size, 1)
+    tint = np.array([255, 140, 0], dtype=np.float32)  # orange, like the app's secondary hue
+    out = img * (0.4 + 0.6 * np.minimum(1, 4 * a)) * (1 - 0.35 * a) + tint * 0.35 * a
+    pic = Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pic)
+    gh, gw = w.shape
+    sources = share > 1e-6
+    if sources.sum() <= 64:  # few sources: outline each, so a 2 x 2 or 4 x 4 block reads as patches
+        for r, c in zip(*np.nonzero(sources)):
+            draw.rectangle((c * size // gw, r * size // gh, (c + 1) * size // gw - 1, (r + 1) * size // gh - 1),
+                           outline=(255, 255, 255))
+    if box is not None:
+        draw.rectangle(box, outline=(79, 70, 229), width=3)  # indigo: the output token's own place
+    return pic
+
+
 def _center_square(image: Image.Image) -> Image.Image:
     w, h = image.size
     s = min(w, h)

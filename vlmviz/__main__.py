@@ -1,4 +1,4 @@
-"""vlmviz command line: python -m vlmviz {embed,train,eval,export,import,ablate,lesson,describe,caption-eval,index,search} --help
+"""vlmviz command line: python -m vlmviz {embed,train,eval,export,import,ablate,lesson,describe,caption-eval,index,search,map} --help
 
 Multi-process / multi-GPU training runs on Hugging Face accelerate:
     accelerate launch -m vlmviz train ...      or      torchrun --nproc_per_node 2 -m vlmviz train ...
@@ -519,6 +519,9 @@ def main(argv=None) -> int:
     from .search.cli import add_parsers as add_search_parsers
 
     add_search_parsers(sub)  # index, search
+    from .maps import add_parser as add_map_parser
+
+    add_map_parser(sub)
 
     args = parser.parse_args(argv)
     try:

@@ -2,6 +2,11 @@
 
 `import umap` spends about 27 s in numba JIT on first use here, so it is imported lazily and can be warmed in a
 background thread; PCA is the instant view.
+
+At scale (`map_2d`): a map is fitted once per set of points and kept on disk ($VLMVIZ_CACHE/maps, plain .npy, no
+pickled models), so drawing it again costs a file read. Above `max_fit` points UMAP and t-SNE are fitted on a
+seeded sample and every other point is placed from its nearest fitted neighbours in the original space (`place`),
+which is also how new points (the same images after more training) join a fitted map without refitting it.
 """
 from __future__ import annotations
 
@@ -58,6 +63,63 @@ def reduce_2d(points, method: str = "pca", seed: int = 0) -> np.ndarray:
         while len(_CACHE) > 64:
             _CACHE.popitem(last=False)
     return out
+
+
+MAX_FIT = {"pca": None, "umap": 20_000, "tsne": 5_000}  # points fitted; the rest placed (t-SNE is O(N log N) but slow)
+
+
+def place(new: np.ndarray, fitted: np.ndarray, fitted_xy: np.ndarray, k: int = 10, chunk: int = 4096) -> np.ndarray:
+    """2-D positions for `new` (M, D) on a map fitted to `fitted` (N, D) -> `fitted_xy` (N, 2): the mean of its k
+    nearest fitted points by cosine, weighted by similarity (what UMAP's own transform starts from). A point that
+    equals a fitted point lands on it."""
+    a = new / np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
+    b = fitted / np.maximum(np.linalg.norm(fitted, axis=1, keepdims=True), 1e-12)
+    k = min(k, len(b))
+    out = np.empty((len(a), 2), np.float32)
+    for start in range(0, len(a), chunk):
+        sim = a[start:start + chunk] @ b.T  # (c, N)
+        idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # (c, k)
+        s = np.take_along_axis(sim, idx, 1)
+        w = np.exp((s - s.max(1, keepdims=True)) * 50.0)  # sharp: an exact match (cosine 1) dominates
+        out[start:start + chunk] = (w[:, :, None] * fitted_xy[idx]).sum(1) / w.sum(1, keepdims=True)
+    return out
+
+
+def map_2d(points, method: str = "pca", seed: int = 0, max_fit: int | None = -1, cache: bool = True
+           ) -> tuple[np.ndarray, str]:
+    """(N, D) -> ((N, 2), note): reduce_2d for any N, fitted once and kept on disk. max_fit -1: the method's
+    default (MAX_FIT); None: fit every point. The note says what was fitted and what was placed."""
+    from .checkpoints import atomic_write
+    from .paths import cache_dir
+
+    if method not in METHODS:
+        raise ValueError(f"map method must be one of {', '.join(METHODS)}; got {method!r}")
+    x = np.ascontiguousarray(np.asarray(points, dtype=np.float32))
+    if x.ndim != 2 or len(x) < 3:
+        raise ValueError(f"a 2-D map needs at least 3 points of shape (N, D); got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("cannot map vectors containing NaN or infinity")
+    max_fit = MAX_FIT[method] if max_fit == -1 else max_fit
+    key = hashlib.sha1(x.tobytes() + repr((method, seed, max_fit, x.shape)).encode()).hexdigest()
+    path = cache_dir("maps") / f"{key[:24]}.npy"
+    sampled = max_fit is not None and len(x) > max_fit
+    note = (f"{method.upper()} fitted on a seeded sample of {max_fit:,} of {len(x):,} points; the others placed at "
+            "their nearest fitted neighbours" if sampled else f"{method.upper()} of all {len(x):,} points")
+    if cache and path.exists():
+        xy = np.load(path, allow_pickle=False)
+        if xy.shape == (len(x), 2):
+            return xy, note
+    if sampled:
+        pick = np.sort(np.random.default_rng(seed).choice(len(x), max_fit, replace=False))
+        fitted_xy = reduce_2d(x[pick], method, seed)
+        xy = place(x, x[pick], fitted_xy)
+        xy[pick] = fitted_xy  # fitted points keep their fitted places exactly
+    else:
+        xy = reduce_2d(x, method, seed)
+    xy = np.asarray(xy, np.float32)
+    if cache:
+        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), xy, allow_pickle=False))
+    return xy, note
 
 
 def warm_umap_in_background() -> threading.Thread:

@@ -1,0 +1,89 @@
+"""Maps at scale (issue 17), measured in one run. Results go in BENCHMARKS.md.
+
+    .venv/bin/python bench/bench_maps.py [--n-real 2000]
+
+umap       UMAP of 10k points warm (numba compiled by a first small fit), and of 100k points as map_2d does it
+           (fitted on a seeded 20k sample, the rest placed at their nearest fitted neighbours); both on clustered
+           576-d vectors (200 centres), the width of SmolLM2's embedding space
+redraw     a real map (scenes through the built-in scenes connector): first draw (encode, project, fit) versus the
+           second draw of the same map (tokens from the feature cache, the fitted map from disk); target <= 2 s
+metrics    mutual kNN and CKA on 10k and 50k pairs without an N x N matrix
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def clustered(n: int, dim: int = 576, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((200, dim), dtype=np.float32)
+    x = centres[rng.integers(0, 200, n)] + 0.7 * rng.standard_normal((n, dim), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def part_umap() -> None:
+    from vlmviz.reduce import map_2d, reduce_2d
+
+    t = time.perf_counter()
+    reduce_2d(clustered(300, seed=9), "umap")
+    print(f"UMAP warm-up (import, numba JIT, a 300-point fit): {time.perf_counter() - t:.1f} s")
+    for n, max_fit in ((10_000, None), (100_000, -1)):
+        x = clustered(n, seed=n)
+        t = time.perf_counter()
+        _, note = map_2d(x, "umap", max_fit=max_fit, cache=False)
+        print(f"UMAP n={n:,}: {time.perf_counter() - t:.1f} s ({note})")
+    t = time.perf_counter()
+    _, note = map_2d(clustered(10_000, seed=1), "pca", cache=False)
+    print(f"PCA n=10,000: {time.perf_counter() - t:.2f} s")
+
+
+def part_redraw(n: int) -> None:
+    from vlmviz.data import load_dataset
+    from vlmviz.maps import connector_maps
+
+    samples = load_dataset("scenes-1obj", n, seed=11).samples
+    for what in ("first draw", "second draw"):
+        t = time.perf_counter()
+        maps = connector_maps(["scenes"], samples, "umap")
+        print(f"REDRAW {what} of {n:,} scenes (+{len(maps[0].captions):,} captions) through the scenes connector, "
+              f"UMAP: {time.perf_counter() - t:.2f} s")
+
+
+def part_metrics() -> None:
+    from vlmviz.metrics import cka, mutual_knn
+
+    for n in (10_000, 50_000):
+        a = torch.from_numpy(clustered(n, 384, seed=3))
+        b = torch.from_numpy(clustered(n, 576, seed=3))
+        t = time.perf_counter()
+        m = mutual_knn(a, b, 10)
+        mk = time.perf_counter() - t
+        t = time.perf_counter()
+        c = cka(a, b)
+        print(f"METRICS n={n:,}: mutual kNN (k=10) {m:.3f} in {mk:.1f} s, CKA {c:.3f} in "
+              f"{time.perf_counter() - t:.2f} s (an N x N float32 matrix would be {n * n * 4 / 2**30:.1f} GiB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", nargs="+", default=["umap", "redraw", "metrics"])
+    parser.add_argument("--n-real", type=int, default=2000)
+    args = parser.parse_args()
+    print(f"# {os.cpu_count()} CPUs, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}")
+    for part in args.part:
+        part_redraw(args.n_real) if part == "redraw" else globals()[f"part_{part}"]()
+
+
+if __name__ == "__main__":
+    main()

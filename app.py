@@ -17,7 +17,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from vlmviz import builtins, describe, domain, explore, plots, scene_connector, session  # noqa: E402
+from vlmviz import builtins, describe, domain, explore, plots, scene_connector, session, vlm_view  # noqa: E402
 from vlmviz.config import CAPTION_MODES, CAPTION_TRAIN, POOLINGS, TOKEN_MODES  # noqa: E402
 from vlmviz.data import list_datasets, load_dataset, load_gallery  # noqa: E402
 from vlmviz.encoders import list_vision_encoders  # noqa: E402
@@ -35,6 +35,7 @@ UNTRAINED = [f"untrained {f}" for f in FAMILIES]
 RECIPES = session.recipes()
 DEFAULT_RECIPE = next(iter(RECIPES))
 MAP_CAP, TRAIN_CAP = 300, 4000
+DEFAULT_ENCODER, DEFAULT_TEXT = "vit-s14", "smollm2-135m"
 CSS = """
 #ranking .label-name {font-size: 0.95em; display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical;
   overflow: hidden}
@@ -86,7 +87,7 @@ def contained(action: str, fallback):
 
 
 def choices(checkpoints: dict) -> list[str]:
-    return BUILT_INS + list(checkpoints) + UNTRAINED
+    return BUILT_INS + list(checkpoints) + vlm_view.opened() + UNTRAINED
 
 
 def _ck_rows(checkpoints):
@@ -165,8 +166,17 @@ def describe_image(image, projector, mode, checkpoints):
     return describe.describe_choice(projector, checkpoints, session.open_upload(image), mode)
 
 
-def follow_checkpoint(projector, checkpoints):
-    """The top bar shows what the chosen connector really reads: a checkpoint fixes encoder, text and tokens."""
+def follow_checkpoint(projector, checkpoints, encoder=None, text=None):
+    """The top bar shows what the chosen connector really reads: a checkpoint fixes encoder, text and tokens, a
+    real VLM shows its own tower and LM table and how it is composed."""
+    if vlm_view.is_vlm_choice(projector):
+        try:
+            pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, "all")
+        except Exception as err:  # noqa: BLE001
+            return gr.update(), gr.update(), gr.update(), session.report(err, "opening the VLM")
+        fixed = dict(interactive=False, info="set by the opened VLM")
+        return (gr.update(value=pipe.encoder.name, **fixed), gr.update(value=pipe.text.name, **fixed),
+                gr.update(value="all", **fixed), vlm_view.composition(pipe))
     if projector in checkpoints:
         try:
             info = session.checkpoint_summary(checkpoints[projector])
@@ -187,8 +197,50 @@ def follow_checkpoint(projector, checkpoints):
         return (gr.update(value=info["encoder"], **fixed), gr.update(value=info["text"], **fixed),
                 gr.update(value=info["tokens"], **fixed), note)
     free = dict(interactive=True, info=None)
+    if vlm_view.is_vlm_part(encoder) or vlm_view.is_vlm_part(text):  # leaving a VLM: back to the bundled models
+        return (gr.update(value=DEFAULT_ENCODER, **free), gr.update(value=DEFAULT_TEXT, **free), gr.update(**free),
+                "Untrained connector: its ranking is chance. Train one in the Train tab.")
     return (gr.update(**free), gr.update(**free), gr.update(**free),
             "Untrained connector: its ranking is chance. Train one in the Train tab.")
+
+
+def open_vlm(source, checkpoints, opened):
+    """Open a real VLM (a folder or a cached hub id) and choose it as the connector; a bad folder, an unsupported
+    family or a missing path is one message beside the picker and the menus stay as they were. `opened` counts
+    the VLMs opened: its change re-ranks the image, so a failed open leaves the page alone."""
+    try:
+        choice, pipe = vlm_view.open_choice(source)
+    except Exception as err:  # noqa: BLE001
+        keep = gr.update()
+        return keep, keep, keep, session.report(err, "opening the VLM"), opened
+    menu = choices(checkpoints)
+    return (gr.update(choices=menu, value=choice), gr.update(choices=menu), gr.update(choices=menu),
+            f"✅ Opened **{pipe.label}**: Inspect now runs its own tower, connector and LM embedding table.",
+            opened + 1)
+
+
+def provenance(image, token, encoder, text, projector, tokens, checkpoints):
+    """Runs after Inspect and on a token choice; when Inspect failed it clears its panel and adds no second
+    message."""
+    try:
+        img = session.open_upload(image)
+        pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
+    except Exception:  # noqa: BLE001 - Inspect has already said what is wrong
+        return None, ""
+    try:
+        return vlm_view.provenance_view(pipe, img, 0 if token is None else token)
+    except Exception as err:  # noqa: BLE001
+        return None, session.report(err, "patch provenance")
+
+
+def pick_token(image, encoder, text, projector, tokens, checkpoints, evt: gr.SelectData):
+    """A click on the heatmap or the provenance picture picks the projected token made at that place."""
+    try:
+        pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
+        token = vlm_view.token_at(pipe, session.open_upload(image), *evt.index)
+    except Exception:  # noqa: BLE001 - the panels already say why this connector has no places
+        return gr.update()
+    return gr.update() if token is None else token
 
 
 # ---- Map ----------------------------------------------------------------------------------------------------
@@ -429,9 +481,9 @@ def build_demo() -> gr.Blocks:
         browser = gr.BrowserState("", storage_key="vlmviz-owner", secret=session.browser_secret())
         gr.Markdown(f"# vlmviz\n{INTRO}")
         with gr.Row(elem_id="top-bar"):
-            encoder = gr.Dropdown(list_vision_encoders(), value="vit-s14", label="Vision encoder (frozen)",
+            encoder = gr.Dropdown(list_vision_encoders(), value=DEFAULT_ENCODER, label="Vision encoder (frozen)",
                                   allow_custom_value=True, elem_id="encoder")
-            text = gr.Dropdown(list_text_spaces(), value="smollm2-135m", label="Text space (frozen)",
+            text = gr.Dropdown(list_text_spaces(), value=DEFAULT_TEXT, label="Text space (frozen)",
                                allow_custom_value=True, elem_id="text")
             projector = gr.Dropdown(BUILT_INS + UNTRAINED, value=builtins.PHOTO_CONSE, label="Connector",
                                     elem_id="projector")
@@ -442,6 +494,16 @@ def build_demo() -> gr.Blocks:
 
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Inspect", id="inspect"):
+                found = vlm_view.cached_vlms()
+                with gr.Row(elem_id="vlm-bar"):
+                    vlm_cached = gr.Dropdown(found, value=None, label="Open a real VLM: from your Hugging Face cache",
+                                             info=vlm_view.cache_note(found), scale=3, elem_id="vlm-cached")
+                    vlm_path = gr.Textbox(label="... or the folder of a saved VLM on this machine", scale=4,
+                                          placeholder="/path/to/llava-1.5-7b-hf (LLaVA, Qwen2-VL, InternVL, "
+                                          "Idefics3, PaliGemma, Gemma 3, Mistral 3 ...)", elem_id="vlm-path")
+                    vlm_open = gr.Button("Open VLM", scale=1, min_width=110, elem_id="vlm-open")
+                vlm_msg = gr.Markdown(elem_id="vlm-msg", elem_classes="vv-msg")
+                vlm_opened = gr.State(0)
                 with gr.Row():
                     with gr.Column(scale=5):
                         image = gr.Image(str(GALLERY[0].path), type="filepath",
@@ -483,6 +545,15 @@ def build_demo() -> gr.Blocks:
                                              elem_id="words", wrap=True, max_height=380)
                         words_note = gr.Markdown(elem_classes="vv-note")
                         shapes = gr.JSON(label="Shapes along the way", elem_id="shapes")
+                with gr.Row(elem_id="provenance-row"):
+                    with gr.Column(scale=2):
+                        prov_token = gr.Number(0, precision=0, elem_id="prov-token",
+                                               label="Patch provenance: projected token (or click the heatmap or "
+                                               "the picture)")
+                        prov_note = gr.Markdown(elem_classes="vv-note", elem_id="prov-note")
+                    with gr.Column(scale=3):
+                        prov_img = gr.Image(label="The source patches that feed this token (outlined: its place)",
+                                            height=380, interactive=False, elem_id="provenance")
 
             with gr.Tab("Map", id="map"):
                 with gr.Row():
@@ -592,30 +663,46 @@ def build_demo() -> gr.Blocks:
                 ck_list = gr.Dataframe(headers=["name", "file"], label="This browser's checkpoints", elem_id="ck-list")
 
         model = [encoder, text, projector, tokens]
+        follow = ([projector, checkpoints, encoder, text], [encoder, text, tokens, connector_note])
         demo.load(restore, browser, [browser, owner, checkpoints, projector, proj_a, proj_b, ck_list],
                   api_visibility="private")
-        demo.load(follow_checkpoint, [projector, checkpoints], [encoder, text, tokens, connector_note],
-                  api_visibility="private")  # the default built-in fixes the top bar to what it reads
+        demo.load(follow_checkpoint, *follow, api_visibility="private")  # the default built-in fixes the top bar
         demo.load(apply_recipe, recipe, [family, loss, pooling, train_tokens, steps, lr, batch, weight_decay,
                                          train_data, n_train, train_encoder, train_text, recipe_note],
                   api_visibility="private")
         gallery.select(pick_gallery, projector, [image, captions, projector])
         scenes.select(pick_scene, projector, [image, captions, projector])
-        # a new image is ranked at once, so nothing about the previous one stays on screen
-        for trigger, api in ((run.click, "inspect"), (image.change, "inspect_on_change")):
+        # a new image (or a newly opened VLM) is ranked at once, so nothing about the previous one stays on screen
+        opening = [vlm_cached.input(lambda picked: picked, vlm_cached, vlm_path, api_visibility="private").then,
+                   vlm_open.click, vlm_path.submit]
+        for i, trigger in enumerate(opening):
+            trigger(open_vlm, [vlm_path, checkpoints, vlm_opened], [projector, proj_a, proj_b, vlm_msg, vlm_opened],
+                    concurrency_limit=1, concurrency_id="open-vlm", api_visibility="private",
+                    **({"api_name": "open_vlm"} if i == 1 else {}))
+        for trigger, api in ((run.click, "inspect"), (image.change, "inspect_on_change"),
+                             (vlm_opened.change, "inspect_on_open")):
             trigger(inspect, [image, captions, *model, temperature, checkpoints],
                     [ranking, scores, shapes, heat_caption, inspect_msg], concurrency_limit=4,
                     concurrency_id="inspect", preprocess=False, api_name=api,
                     api_visibility="public" if api == "inspect" else "private").then(
                 nearest_words, [image, *model, checkpoints], [words, words_note], concurrency_limit=4,
                 preprocess=False, api_visibility="private" if api != "inspect" else "public").then(
-                connector_fit, [image, projector, checkpoints], fit_note, preprocess=False, api_visibility="private")
+                connector_fit, [image, projector, checkpoints], fit_note, preprocess=False,
+                api_visibility="private").then(
+                provenance, [image, prov_token, *model, checkpoints], [prov_img, prov_note], concurrency_limit=4,
+                preprocess=False, api_visibility="private")
+        prov_token.input(provenance, [image, prov_token, *model, checkpoints], [prov_img, prov_note],
+                         concurrency_limit=4, preprocess=False, api_visibility="private")
+        for picture in (heat, prov_img):
+            picture.select(pick_token, [image, *model, checkpoints], prov_token, preprocess=False,
+                           api_visibility="private").then(
+                provenance, [image, prov_token, *model, checkpoints], [prov_img, prov_note], concurrency_limit=4,
+                preprocess=False, api_visibility="private")
         describe_btn.click(describe_image, [image, projector, describe_mode, checkpoints], description,
                            api_name="describe", concurrency_limit=2, concurrency_id="describe", preprocess=False)
         heat_caption.change(heatmap, [image, heat_caption, *model, checkpoints], [heat, heat_note],
                             concurrency_limit=4, preprocess=False)
-        projector.change(follow_checkpoint, [projector, checkpoints], [encoder, text, tokens, connector_note],
-                         api_visibility="private")
+        projector.change(follow_checkpoint, *follow, api_visibility="private")
         dataset.change(functools.partial(bound_pairs, cap=MAP_CAP), dataset, n_points,
                        api_visibility="private")
         map_btn.click(make_map, [dataset, n_points, method, per_token, *model, checkpoints],

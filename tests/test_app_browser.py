@@ -320,3 +320,89 @@ def test_search_tab_cancel_keeps_what_was_indexed_and_bad_input_gets_one_message
     pg.locator("#lib-query textarea").fill("a red circle")
     pg.locator("#lib-go").click()
     wait_text(pg, "#lib-note", "of 240 images")
+
+
+def _tiny_qwen2_vl(folder, words):
+    """A tiny random Qwen2-VL (tests/test_vlms.py's config) saved with a word-level tokenizer over `words`, so its
+    LM table can rank captions as well as name the nearest tokens."""
+    import torch
+    import transformers as T
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from test_vlms import SUPPORTED, config
+
+    torch.manual_seed(0)
+    model = getattr(T, SUPPORTED["qwen2_vl"][0])(config("qwen2_vl")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    model.save_pretrained(folder)
+    vocab = ["<unk>", *sorted(words)][:96]  # ids below the tiny LM's 99-row table
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    T.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(folder)
+    return folder
+
+
+def test_open_a_real_vlm_rank_read_words_and_see_a_tokens_patches_then_a_bad_folder(page, artifacts, tmp_path):
+    """The VLM picker: type a saved VLM's folder, open it, rank a gallery photo through its own tower, connector and
+    LM table, read the tokens' nearest words, see which 2 x 2 patches make one token; a folder that is not a VLM
+    gets one message beside the picker and the VLM stays open."""
+    import transformers as T
+
+    from vlmviz.data import load_gallery
+
+    pg = page
+    cat = load_gallery()[3]
+    words = {w for c in (cat.caption, *cat.distractors) for w in c.split()}
+    folder = _tiny_qwen2_vl(tmp_path / "tiny-qwen2-vl", words)
+    pg.get_by_role("tab", name="Inspect").click()
+    pg.locator("#vlm-path textarea").fill(str(folder))
+    pg.click("#vlm-open")
+    wait_text(pg, "#vlm-msg", "Opened")
+    assert dropdown_value(pg, "projector") == f"vlm: {folder}"
+    wait_text(pg, "#connector-note", "tokens per image")
+    note = text_of(pg, "#connector-note")  # 128 px at 4 px patches, Qwen's 2 x 2 merge
+    assert "32 x 32 patches" in note and "1024 → 256 tokens, 4x fewer" in note and "Not shown" in note
+    assert dropdown_value(pg, "encoder") == "tiny-qwen2-vl vision tower"
+    rank_gallery_image(pg, 3, "tabby cat")  # the VLM stays chosen: a gallery pick swaps only built-ins
+    assert dropdown_value(pg, "projector") == f"vlm: {folder}"
+    wait_text(pg, "#shapes", "qwen2_vl: tiny-qwen2-vl")
+    pg.wait_for_function("document.body.innerText.includes('16x16 grid of projected tokens')", timeout=LONG)
+    wait_text(pg, "#prov-note", "Token 0 (row 0, column 0 of the 16 x 16 output grid)")
+    assert "4 of the 32 x 32 tower patches by qwen2_merger: a 2 x 2 block (rows 0-1, columns 0-1)" in \
+        text_of(pg, "#prov-note")
+    box = pg.locator("#prov-token input")
+    box.fill("17")
+    wait_text(pg, "#prov-note", "Token 17 (row 1, column 1")
+    assert "(rows 2-3, columns 2-3)" in text_of(pg, "#prov-note")
+    picture = pg.locator("#provenance img")
+    shown = picture.bounding_box()  # a click just past the picture's centre: row 8, column 8
+    picture.click(position={"x": shown["width"] / 2 + 2, "y": shown["height"] / 2 + 2})
+    wait_text(pg, "#prov-note", "Token 136 (row 8, column 8")
+    assert box.input_value() == "136"
+    assert text_of(pg, "#inspect-msg").strip() == "" and "⚠" not in text_of(pg, "#vlm-msg")
+    pg.locator("#provenance").scroll_into_view_if_needed()
+    pg.screenshot(path=str(artifacts / "tab-inspect-vlm.png"), full_page=True)
+    assert_page_intact(pg)
+
+    T.CLIPVisionConfig(image_size=32, patch_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4).save_pretrained(tmp_path / "clip")
+    (tmp_path / "empty").mkdir()
+    for bad, expected in ((tmp_path / "clip", "'clip_vision_model' model; vlmviz opens llava"),
+                          (tmp_path / "empty", "no readable VLM config"),
+                          (tmp_path / "nowhere", "nowhere: no such folder")):
+        pg.locator("#vlm-path textarea").fill(str(bad))
+        pg.click("#vlm-open")
+        wait_text(pg, "#vlm-msg", expected)
+        message = text_of(pg, "#vlm-msg")
+        assert message.count("⚠️") == 1 and "/tmp" not in message
+        assert dropdown_value(pg, "projector") == f"vlm: {folder}"  # the open VLM stays chosen
+        assert text_of(pg, "#inspect-msg").strip() == ""
+        assert_page_intact(pg)
+    pg.screenshot(path=str(artifacts / "vlm-bad-folder.png"))
+    rank_gallery_image(pg, 1, "brick")  # and the next action works, still through the VLM
+    wait_text(pg, "#prov-note", "Token 136")
+    set_dropdown(pg, "projector", "untrained linear")  # leaving the VLM gives the top bar back
+    pg.wait_for_function("document.querySelector('#encoder input').value === 'vit-s14'", timeout=LONG)
+    assert dropdown_value(pg, "text") == "smollm2-135m"
+    assert_page_intact(pg)

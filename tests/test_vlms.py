@@ -205,3 +205,74 @@ def test_readme_vlm_example_runs(saved, monkeypatch):
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md", "exec"), scope)
     assert "'connector': 'gemma3'" in out.getvalue() and scope["note"] == "2x2 grid of projected tokens"
+
+
+@pytest.mark.parametrize("kind, token, block", [
+    ("qwen2_vl", 5, (slice(0, 2), slice(10, 12))),  # 32 x 32 patches at 128 px, merged 2 x 2: token 5 = row 0, col 5
+    ("internvl", 5, (slice(2, 4), slice(2, 4))),  # 8 x 8 pixel-shuffled 2 x 2 into 4 x 4: row 1, col 1
+    ("gemma3", 3, (slice(4, 8), slice(4, 8))),  # 8 x 8 average-pooled 4 x 4 into 2 x 2: row 1, col 1
+    ("llava", 10, (slice(1, 2), slice(1, 2))),  # CLS kept: token 10 is patch 9, row 1, col 1
+])
+def test_patch_provenance_is_the_connectors_own_block(kind, token, block, saved):
+    """Which source patches feed a projected token, read off the connector's gradient: exactly its merge block."""
+    from vlmviz.explore import Pipeline
+    from vlmviz.provenance import patch_provenance, token_at
+
+    _, folder = saved(kind)
+    pipe = Pipeline.from_vlm(folder)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    prov = patch_provenance(pipe, image, token)
+    expected = np.zeros_like(prov.weights, dtype=bool)
+    expected[block] = True
+    assert np.array_equal(prov.weights > 0, expected), (kind, np.argwhere(prov.weights > 0))
+    assert abs(prov.weights.sum() + (prov.cls_weight or 0) - 1) < 1e-5 and prov.how == "gradient"
+    h, w = prov.out_grid
+    x, y = (prov.cell[1] + 0.5) * 448 / w, (prov.cell[0] + 0.5) * 448 / h  # a click on that cell picks it back
+    assert token_at(pipe, image, x, y) == token
+    if kind == "llava":  # the CLS output token reads the CLS input alone
+        assert patch_provenance(pipe, image, 0).cls_weight == pytest.approx(1)
+    with pytest.raises(ValueError, match="out of range"):
+        patch_provenance(pipe, image, pipe.projector.num_output_tokens(pipe.encoder.num_tokens))
+
+
+def test_learned_queries_show_their_attention_and_a_click_picks_the_query_there(saved):
+    from vlmviz.explore import Pipeline
+    from vlmviz.projectors import build_projector
+    from vlmviz.provenance import patch_provenance, token_at
+
+    _, folder = saved("qwen2_vl")
+    vlm = Pipeline.from_vlm(folder)
+    torch.manual_seed(0)
+    pipe = Pipeline(vlm.encoder, vlm.text, build_projector("resampler", 32, 48, num_queries=4, num_heads=4).eval())
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    prov = patch_provenance(pipe, image, 2)
+    assert prov.how == "attention" and prov.cell is None and "learned query 2" in prov.note
+    assert (prov.weights > 0).all() and abs(prov.weights.sum() - 1) < 1e-5
+    picked = token_at(pipe, image, 10, 10)
+    assert picked in range(4) and patch_provenance(pipe, image, picked).weights[0, 0] >= max(
+        patch_provenance(pipe, image, q).weights[0, 0] for q in range(4)) - 1e-7
+
+
+def test_app_picker_lists_cached_vlms_and_says_what_is_wrong(saved, tmp_path):
+    from vlmviz import vlm_view
+
+    for repo, kind in (("org--tiny-qwen", "qwen2_vl"), ("org--clip", "clip_vision_model"), ("org--gone", None)):
+        snap = tmp_path / "hub" / f"models--{repo}" / "snapshots" / "abc123"
+        snap.mkdir(parents=True)
+        (snap.parents[1] / "refs").mkdir()
+        (snap.parents[1] / "refs" / "main").write_text("abc123")
+        if kind:
+            (snap / "config.json").write_text(f'{{"model_type": "{kind}"}}')
+    assert vlm_view.cached_vlms(tmp_path / "hub") == [("org/tiny-qwen (qwen2_vl)", "org/tiny-qwen")]
+    assert vlm_view.cached_vlms(tmp_path / "nothing") == []
+    _, folder = saved("qwen2_vl")
+    choice, pipe = vlm_view.open_choice(str(folder) + "/")
+    assert choice == f"vlm: {folder}" and choice in vlm_view.opened() and vlm_view.is_vlm_part(pipe.encoder.name)
+    note = vlm_view.composition(pipe)
+    assert "32 x 32 patches at 128 px = 1024 tokens" in note and "1024 → 256 tokens, 4x fewer" in note
+    assert "picks a resolution per image" in note and "not run" in note
+    (tmp_path / "weights.bin").write_bytes(b"0")
+    for bad, message in (("", "no VLM given"), (str(tmp_path / "weights.bin"), "weights.bin is a file"),
+                         (str(tmp_path / "a" / "b"), "b: no such folder")):
+        with pytest.raises(ValueError, match=message):
+            vlm_view.open_choice(bad)

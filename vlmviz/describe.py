@@ -55,7 +55,8 @@ def describe_choice(choice: str, checkpoints: dict, image, mode: str = "greedy",
     path = caption_checkpoint(choice, checkpoints)
     if path is None:
         what = (f"{choice!r}, which was not trained to caption" if choice in checkpoints
-                else "an untrained connector")
+                else "a real VLM's own connector: vlmviz keeps only its tower, connector and embedding table, "
+                "not its LM" if choice.startswith("vlm: ") else "an untrained connector")
         return f"Cannot describe with {what}. {HOW_TO}"
     if image is None:
         raise ValueError("no image: upload one or pick one from the gallery")

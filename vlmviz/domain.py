@@ -108,5 +108,8 @@ def choice_note(choice: str, checkpoints: dict, image) -> str:
     from .builtins import BUILT_IN, built_in_checkpoint
     from .checkpoints import read_config
 
+    if choice.startswith("vlm: "):  # explore.VLM_PREFIX
+        return ("a real VLM's own connector, read against its LM's input-embedding table: a caption is the mean of "
+                "its tokens' rows there, a bag of words, not what the VLM's LM would make of it")
     path = checkpoints.get(choice) or (built_in_checkpoint(choice) if choice in BUILT_IN else None)
     return domain_note(read_config(path) if path else None, image_source(image))

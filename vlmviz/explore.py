@@ -342,11 +342,32 @@ def get_checkpoint_pipeline(path: str | Path) -> Pipeline:
     return pipe
 
 
+VLM_PREFIX = "vlm: "  # the app's connector choice for a real VLM: 'vlm: <folder or hub id>'
+
+
+def get_vlm_pipeline(source: str) -> Pipeline:
+    """A real VLM's pipeline (Pipeline.from_vlm), cached by its folder or hub id; the model itself is loaded once
+    per process (vlmviz.vlms.open_vlm)."""
+    key = ("vlm", str(source))
+    with _PIPELINES_LOCK:
+        if key in _PIPELINES:
+            return _PIPELINES[key]
+    pipe = Pipeline.from_vlm(source)
+    with _PIPELINES_LOCK:
+        _PIPELINES[key] = pipe
+        while len(_PIPELINES) > 32:
+            _PIPELINES.popitem(last=False)
+    return pipe
+
+
 def resolve_pipeline(choice: str, checkpoints: dict, encoder: str, text: str, tokens: str) -> Pipeline:
     """The app's projector choice: 'untrained <family>', a built-in connector (vlmviz.builtins.BUILT_IN, which
-    brings its own encoder and text space) or the label of one of this session's checkpoints."""
+    brings its own encoder and text space), the label of one of this session's checkpoints, or 'vlm: <source>'
+    (a real VLM's own tower, connector and LM table; encoder, text and tokens are then the VLM's)."""
     if choice in checkpoints:
         return get_checkpoint_pipeline(checkpoints[choice])
+    if choice.startswith(VLM_PREFIX):
+        return get_vlm_pipeline(choice.removeprefix(VLM_PREFIX))
     from .builtins import BUILT_IN, built_in_checkpoint  # lazily: the builders make their pipelines with this module
 
     if choice in BUILT_IN:

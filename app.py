@@ -17,15 +17,19 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from vlmviz import builtins, describe, domain, explore, plots, scene_connector, session, vlm_view  # noqa: E402
+from vlmviz import builtins, describe, domain, explore, maps, plots, scene_connector, session, vlm_view  # noqa: E402
 from vlmviz.config import CAPTION_MODES, CAPTION_TRAIN, POOLINGS, TOKEN_MODES  # noqa: E402
 from vlmviz.data import list_datasets, load_dataset, load_gallery  # noqa: E402
 from vlmviz.encoders import list_vision_encoders  # noqa: E402
 from vlmviz.losses import LOSSES  # noqa: E402
 from vlmviz.projectors import list_projectors  # noqa: E402
 from vlmviz.reduce import METHODS  # noqa: E402
+from vlmviz.paths import cache_dir  # noqa: E402
 from vlmviz.search import ui as search_ui  # noqa: E402
 from vlmviz.text import list_text_spaces  # noqa: E402
+
+MAPS_DIR = cache_dir("app", "maps")  # the linked maps' HTML files, served to the page as they are
+gr.set_static_paths([str(MAPS_DIR)])
 
 GALLERY = load_gallery()
 SCENES = scene_connector.scenes_gallery()  # held-out scenes: what the scenes connector is for
@@ -34,7 +38,7 @@ FAMILIES = ["linear", "mlp2x_gelu"] + [p for p in list_projectors() if p not in 
 UNTRAINED = [f"untrained {f}" for f in FAMILIES]
 RECIPES = session.recipes()
 DEFAULT_RECIPE = next(iter(RECIPES))
-MAP_CAP, TRAIN_CAP = 300, 4000
+MAP_CAP, TRAIN_CAP, LINKED_CAP = 300, 4000, 20_000  # classic map, training pairs, linked WebGL maps
 DEFAULT_ENCODER, DEFAULT_TEXT = "vit-s14", "smollm2-135m"
 CSS = """
 #ranking .label-name {font-size: 0.95em; display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical;
@@ -273,6 +277,38 @@ def make_map(dataset, n, method, per_token, encoder, text, projector, tokens, ch
     rows = [[k, round(v, 4) if isinstance(v, float) else v] for k, v in result.metrics.items()]
     note = result.note + (f"; {skipped} unreadable rows skipped" if skipped else "")
     return fig, rows, note
+
+
+@contained("linked map", lambda msg: ("", [], msg))
+def make_linked_map(dataset, n, method, color, compare, encoder, text, projector, tokens, checkpoints,
+                    progress=gr.Progress()):
+    """The same images through the top bar's connector and (optionally) a second one, as linked WebGL maps: the
+    HTML that `python -m vlmviz map` writes, shown in a frame (hover thumbnails, lasso selection in both)."""
+    import hashlib
+
+    progress(0.02, desc=f"loading {dataset}")
+    samples, skipped = _dataset(dataset, int(n))
+    chosen = [projector] + ([compare] if compare and compare != "none" else [])
+    pipes = [(c, explore.resolve_pipeline(c, checkpoints, encoder, text, tokens)) for c in chosen]
+    total = len(samples) * len(pipes)
+    done = {"base": 0}
+
+    def on_progress(d, t):
+        progress(0.05 + 0.85 * (done["base"] + d) / max(1, total), desc="projecting images (cached after once)")
+        if d >= t:
+            done["base"] += t
+
+    result = maps.connector_maps(pipes, samples, method.lower().replace("-", ""), on_progress)
+    progress(0.95, desc="drawing")
+    key = hashlib.sha1(repr((dataset, int(n), method, color, chosen, sorted(checkpoints.items()))).encode())
+    out = maps.write_html(result, samples, MAPS_DIR / f"{key.hexdigest()[:16]}.html",
+                          color=color if color and color != "none" else None)
+    frame = (f"<iframe id='linked-frame' src='/gradio_api/file={out}' style='width:100%;height:760px;border:0' "
+             "title='linked maps'></iframe>")
+    rows = [[f"{m.label[:28]}: {k}", round(v, 4) if isinstance(v, float) else v]
+            for m in result for k, v in m.metrics.items()]
+    note = " · ".join(m.note for m in result) + (f"; {skipped} unreadable rows skipped" if skipped else "")
+    return frame, rows, note
 
 
 # ---- Train --------------------------------------------------------------------------------------------------
@@ -564,6 +600,22 @@ def build_demo() -> gr.Blocks:
                                       "fits")
                     per_token = gr.Checkbox(False, label="per projected token")
                     map_btn = gr.Button("Draw map", variant="primary", elem_id="draw-map")
+                with gr.Accordion("Linked maps at scale: up to 20,000 pairs, two connectors side by side",
+                                  open=False, elem_id="linked-acc"):
+                    with gr.Row():
+                        linked_n = gr.Slider(3, LINKED_CAP, value=2000, step=1, label="Pairs", elem_id="linked-n")
+                        linked_color = gr.Dropdown(["none", "color", "shape", "size", "position", "label"],
+                                                   value="color", label="Colour images by", elem_id="linked-color")
+                        linked_compare = gr.Dropdown(["none"] + BUILT_INS + UNTRAINED, value="none",
+                                                     label="Second connector (linked)", elem_id="linked-compare")
+                        linked_btn = gr.Button("Draw linked maps", variant="primary", elem_id="draw-linked")
+                    gr.Markdown("WebGL maps of the same images through the top bar's connector and the second one: "
+                                "hover a point for its image, lasso or box-select in one map to highlight the same "
+                                "images in the other and list them below it; the *density* button shows where "
+                                "points pile up. Images are encoded once (feature cache) and each map is fitted once "
+                                "and kept; above 20,000 points UMAP is fitted on a sample and the rest placed, which "
+                                "the map says.", elem_classes="vv-note")
+                    linked = gr.HTML(elem_id="linked-map")
                 with gr.Row():
                     map_plot = gr.Plot(label="Projected images and captions", elem_id="map-plot")
                     with gr.Column(scale=0, min_width=300):
@@ -707,6 +759,12 @@ def build_demo() -> gr.Blocks:
                        api_visibility="private")
         map_btn.click(make_map, [dataset, n_points, method, per_token, *model, checkpoints],
                       [map_plot, map_metrics, map_note], concurrency_limit=2)
+        linked_btn.click(make_linked_map, [dataset, linked_n, method, linked_color, linked_compare, *model,
+                                           checkpoints], [linked, map_metrics, map_note], concurrency_limit=2,
+                         api_name="linked_map")
+        dataset.change(functools.partial(bound_pairs, cap=LINKED_CAP), dataset, linked_n, api_visibility="private")
+        checkpoints.change(lambda c: gr.update(choices=["none"] + choices(c)), checkpoints, linked_compare,
+                           api_visibility="private")
         recipe.input(apply_recipe, recipe, [family, loss, pooling, train_tokens, steps, lr, batch, weight_decay,
                                             train_data, n_train, train_encoder, train_text, recipe_note],
                      api_visibility="private")

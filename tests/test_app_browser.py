@@ -406,3 +406,30 @@ def test_open_a_real_vlm_rank_read_words_and_see_a_tokens_patches_then_a_bad_fol
     pg.wait_for_function("document.querySelector('#encoder input').value === 'vit-s14'", timeout=LONG)
     assert dropdown_value(pg, "text") == "smollm2-135m"
     assert_page_intact(pg)
+
+
+def test_linked_maps_of_two_connectors_in_the_map_tab(page, artifacts):
+    pg = page
+    pg.get_by_role("tab", name="Map").click()
+    set_dropdown(pg, "map-data", "scenes-1obj")
+    pg.locator("#linked-acc").get_by_text("Linked maps at scale").click()
+    set_slider(pg, "linked-n", 60)
+    set_dropdown(pg, "linked-compare", "scenes (low-rank, ViT-S/14 block 4)")
+    pg.locator("#draw-linked").click()
+    pg.wait_for_selector("#linked-frame", timeout=LONG)
+    frame = pg.frame_locator("#linked-frame")
+    frame.locator("#vv-map .nsewdrag").first.wait_for(timeout=LONG)
+    assert frame.locator("#vv-map .nsewdrag").count() == 2  # two maps side by side
+    wait_text(pg, "#map-note", "60 images")
+    assert "scenes (low-rank" in text_of(pg, "#map-metrics") and "mutual_knn" in text_of(pg, "#map-metrics")
+    box = frame.locator("#vv-map .nsewdrag").first.bounding_box()
+    frame.locator("#vv-map").evaluate("gd => Plotly.relayout(gd, {dragmode: 'select'})")
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    pg.mouse.move(box["x"] + 5, box["y"] + 5)
+    pg.mouse.down()
+    pg.mouse.move(cx + box["width"] / 2 - 5, cy + box["height"] / 2 - 5, steps=8)  # nearly the whole left map
+    pg.mouse.up()
+    frame.locator("#vv-selected b").wait_for(timeout=30_000)
+    assert "images selected" in frame.locator("#vv-selected").inner_text()
+    pg.screenshot(path=str(artifacts / "tab-map-linked.png"), full_page=True)
+    assert_page_intact(pg)

@@ -13,8 +13,10 @@ map highlights the same images in the other and lists them, a button swaps point
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -40,19 +42,35 @@ class ConnectorMap:
     vectors: np.ndarray = field(repr=False, default=None)  # (N, D_txt) pooled, unit: for placing later points
 
 
+_POOLED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # projector -> {image set key: vectors}
+
+
 def pooled_vectors(pipe, samples: Sequence, progress=None) -> np.ndarray:
-    """(N, D_txt) unit pooled projected vectors, BLOCK images at a time through the feature cache."""
+    """(N, D_txt) unit pooled projected vectors, BLOCK images at a time through the feature cache; the same
+    images through the same connector again come from memory (a second draw reads no tokens)."""
     from .features import FeatureCache, image_hash
     from .tokens import pool_tokens
 
+    keys = [image_hash(s.load()) for s in samples]
+    with torch.no_grad():  # the weights' fingerprint: a projector trained in place since is not served stale
+        weights = tuple(round(float(p.double().sum()), 10) for p in pipe.projector.parameters())
+    memo_key = (pipe.encoder.cache_id, pipe.tokens, pipe._vector_pooling, weights,
+                hashlib.sha1("".join(keys).encode()).hexdigest())
+    memo = _POOLED.setdefault(pipe.projector, {})
+    if memo_key in memo:
+        return memo[memo_key]
     cache, out = FeatureCache(), []
     for start in range(0, len(samples), BLOCK):
         images = [s.load() for s in samples[start:start + BLOCK]]
-        tokens = cache.tokens(pipe.encoder, images, keys=[image_hash(im) for im in images])  # (b, N, D_vis)
+        tokens = cache.tokens(pipe.encoder, images, keys=keys[start:start + BLOCK])  # (b, N, D_vis)
         out.append(F.normalize(pool_tokens(pipe.project(tokens), pipe._vector_pooling).float(), dim=-1))
         if progress is not None:
             progress(min(start + BLOCK, len(samples)), len(samples))
-    return torch.cat(out).numpy()
+    vectors = torch.cat(out).numpy()
+    while len(memo) >= 4:
+        memo.pop(next(iter(memo)))
+    memo[memo_key] = vectors
+    return vectors
 
 
 def scale_metrics(img: np.ndarray, txt: np.ndarray, k: int = 10, seed: int = 0) -> dict:
@@ -71,9 +89,10 @@ def scale_metrics(img: np.ndarray, txt: np.ndarray, k: int = 10, seed: int = 0) 
     return {**whole, **recall, "recall_N": sample["N"]}
 
 
-def connector_maps(connectors: Sequence[str], samples: Sequence, method: str = "umap", progress=None,
+def connector_maps(connectors: Sequence, samples: Sequence, method: str = "umap", progress=None,
                    seed: int = 0) -> list[ConnectorMap]:
-    """One map per connector (names as vlmviz.search.resolve_connector takes them) of the same samples."""
+    """One map per connector of the same samples: names as vlmviz.search.resolve_connector takes them, or
+    (label, Pipeline) pairs (the app's untrained families and session checkpoints)."""
     from .reduce import map_2d
     from .search.index import resolve_connector
 
@@ -87,11 +106,14 @@ def connector_maps(connectors: Sequence[str], samples: Sequence, method: str = "
     caption_of = np.array([where[c] for c in captions])
     maps = []
     for spec in connectors:
-        pipe, identity = resolve_connector(spec)
+        if isinstance(spec, tuple):
+            label, pipe = spec
+        else:
+            pipe, identity = resolve_connector(spec)
+            label = Path(spec).stem if Path(str(spec)).suffix else identity["connector"]
         img = pooled_vectors(pipe, samples, progress)
         txt = F.normalize(pipe.text.encode(distinct).float(), dim=-1).numpy()  # (T, D_txt)
         xy, note = map_2d(np.concatenate([img, txt]), method, seed)
-        label = Path(spec).stem if Path(str(spec)).suffix else identity["connector"]
         maps.append(ConnectorMap(label, xy[:len(img)], xy[len(img):], distinct, caption_of,
                                  scale_metrics(img, txt[caption_of], seed=seed),
                                  f"{note} ({len(img):,} images + {len(distinct):,} distinct captions) in "
@@ -112,6 +134,8 @@ def figure(maps: list[ConnectorMap], samples: Sequence, color: str | None = None
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    if color and not any(color in s.meta for s in samples):
+        color = None  # a column this dataset does not have: one colour, not one empty group
     values = [str(s.meta.get(color, "")) for s in samples] if color else ["image"] * len(samples)
     groups = sorted(set(values))
     palette = ["#4C6EF5", "#F76707", "#2F9E44", "#E03131", "#AE3EC9", "#1098AD", "#F59F00", "#5C940D", "#868E96",

@@ -110,6 +110,8 @@ def check_03_geometry(s, nb):
     assert after["i2t_R@5"] >= before["i2t_R@5"]
     assert 0.0 <= after["modality_gap"] <= 2.0 and after["k"] >= 1
     assert s["map_points"] == 2 * s["N"]
+    untrained, trained = s["linked_maps"]  # the linked maps' recall, on the same held-out scenes
+    assert trained > untrained
 
 
 def check_04_which_connector(s, nb):

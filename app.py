@@ -344,9 +344,10 @@ def train(recipe, family, loss, pooling, tokens, steps, lr, batch, weight_decay,
         job = session.start_job(session.TrainJob(cfg, dataset, n, session.held_out_size(n), owner=who,
                                                  label=f"{family} · {objective} · {dataset} {n}"))
     except Exception as err:  # noqa: BLE001 - a bad setting is a message, not an Error badge
-        yield keep, keep, session.report(err, "training"), keep, keep, checkpoints
+        yield keep, keep, session.report(err, "training"), keep, keep, checkpoints, keep, keep
         return
-    yield None, [], f"Starting: loading {encoder} and {dataset} ...", None, keep, checkpoints
+    yield (None, [], f"Starting: loading {encoder} and {dataset} ...", None, keep, checkpoints, None,
+           gr.update(visible=False))
     shown = time.monotonic()
     for event in job.events():
         now = time.monotonic()
@@ -354,14 +355,15 @@ def train(recipe, family, loss, pooling, tokens, steps, lr, batch, weight_decay,
             shown = now
             yield (keep, keep, f"Encoding {dataset} with {encoder}: {event['done']} of {event['total']} new "
                    "images (kept in the feature cache: the next run on these images skips this) ...", keep, keep,
-                   checkpoints)
+                   checkpoints, keep, keep)
         elif event["type"] == "stage":
-            yield keep, keep, "Scoring the held-out scenes open set ...", keep, keep, checkpoints
+            yield keep, keep, "Scoring the held-out scenes open set ...", keep, keep, checkpoints, keep, keep
         elif event["type"] == "step" and (event.get("metrics") or now - shown > 1.0
                                           or event["step"] == event["steps"]):
             shown = now  # redraw about once a second and on every held-out evaluation
             status = f"step {event['step']}/{event['steps']} · loss {event['loss']:.4f} · lr {event['lr']:.1e}"
-            yield plots.training_figure(job.history, job.evals), keep, status, keep, keep, checkpoints
+            watch = plots.watch_figure(job.frames, job.watch_text) if event.get("metrics") and job.frames else keep
+            yield plots.training_figure(job.history, job.evals), keep, status, keep, keep, checkpoints, watch, keep
     checkpoints = session.list_checkpoints(who)
     figure = plots.training_figure(job.history, job.evals) if job.history else None
     run = job.result
@@ -370,7 +372,19 @@ def train(recipe, family, loss, pooling, tokens, steps, lr, batch, weight_decay,
     if job.checkpoint and loss == "caption":
         status += " Caption-trained: **Describe** in Inspect writes what it sees."
     menu = gr.update(choices=choices(checkpoints), **({"value": job.checkpoint[0]} if job.checkpoint else {}))
-    yield figure, table, status, job.checkpoint[1] if job.checkpoint else None, menu, checkpoints
+    frames = len(job.frames)
+    watch = plots.watch_figure(job.frames, job.watch_text) if frames else None
+    slider = gr.update(visible=frames > 1, maximum=max(1, frames - 1), value=max(0, frames - 1))
+    yield figure, table, status, job.checkpoint[1] if job.checkpoint else None, menu, checkpoints, watch, slider
+
+
+@contained("training map", lambda msg: None)
+def show_watch(index, owner, request: gr.Request):
+    """After training: the held-out points at one of the saved evaluation steps."""
+    job = session.current_job(owner_of(owner, request))
+    if job is None or not job.frames:
+        return None
+    return plots.watch_figure(job.frames, job.watch_text, min(int(index), len(job.frames) - 1))
 
 
 def caption_settings(loss):
@@ -688,6 +702,12 @@ def build_demo() -> gr.Blocks:
                         before_after = gr.Dataframe(headers=["metric", "before", "after"], label="Held-out, before / after",
                                                     elem_id="before-after")
                         download = gr.File(label="Checkpoint (safetensors)", elem_id="download")
+                with gr.Row():
+                    with gr.Column():
+                        watch_plot = gr.Plot(label="Train and watch: held-out images moving toward their captions",
+                                             elem_id="watch-plot")
+                        watch_step = gr.Slider(0, 1, value=0, step=1, visible=False, elem_id="watch-step",
+                                               label="Saved evaluation steps (drag to replay)")
 
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
@@ -772,8 +792,9 @@ def build_demo() -> gr.Blocks:
                          api_visibility="private")
         start.click(train, [recipe, family, loss, pooling, train_tokens, steps, lr, batch, weight_decay, train_data,
                             n_train, caption_mode, train_encoder, train_text, owner, checkpoints],
-                    [curve, before_after, status, download, projector, checkpoints], concurrency_limit=4,
-                    show_progress="minimal")
+                    [curve, before_after, status, download, projector, checkpoints, watch_plot, watch_step],
+                    concurrency_limit=4, show_progress="minimal")
+        watch_step.change(show_watch, [watch_step, owner], watch_plot, api_visibility="private")
         loss.input(caption_settings, loss, [pooling, train_tokens, steps, lr, batch], api_visibility="private")
         for field in (family, loss, pooling, train_tokens, train_encoder, train_text, steps, lr, batch, weight_decay,
                       train_data, n_train):  # a figure quoted for the recipe must not stand beside other settings

@@ -433,3 +433,24 @@ def test_linked_maps_of_two_connectors_in_the_map_tab(page, artifacts):
     assert "images selected" in frame.locator("#vv-selected").inner_text()
     pg.screenshot(path=str(artifacts / "tab-map-linked.png"), full_page=True)
     assert_page_intact(pg)
+
+
+def test_train_and_watch_the_held_out_points_move_then_replay_the_steps(page, artifacts):
+    pg = page
+    pg.get_by_role("tab", name="Train").click()
+    set_dropdown(pg, "family", "linear")
+    set_dropdown(pg, "train-tokens", "cls+mean")
+    set_dropdown(pg, "train-data", "scenes-1obj")
+    set_slider(pg, "n-train", 120)
+    set_slider(pg, "steps", 200)
+    pg.click("#start-train")
+    pg.wait_for_selector("#watch-plot .js-plotly-plot", timeout=LONG)  # drawn while it trains
+    wait_text(pg, "#train-status", "Finished 200 of 200 steps")
+    pg.wait_for_selector("#watch-step input[type=number]", timeout=LONG)
+    last = int(pg.locator("#watch-step input[type=number]").input_value())
+    assert last >= 2  # step 0 and at least two evaluations were kept
+    assert "step 200" in text_of(pg, "#watch-plot")
+    set_slider(pg, "watch-step", 0)
+    wait_text(pg, "#watch-plot", "step 0:")
+    pg.screenshot(path=str(artifacts / "tab-train-watch.png"), full_page=True)
+    assert_page_intact(pg)

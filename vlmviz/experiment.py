@@ -91,7 +91,7 @@ class RunResult:
 
 def run(cfg: ExperimentConfig, dataset: str = "scenes-1obj", n_train: int = 600, n_test: int = 200,
         out: str | Path | None = None, callback=None, should_stop=None, accelerator=None, progress=None,
-        cache: FeatureCache | None = None) -> RunResult:
+        cache: FeatureCache | None = None, snapshot=None) -> RunResult:
     check_training_set(cfg, dataset)
     train, test = load_split(dataset, n_train, n_test, cfg.train.seed)
     split = split_record(dataset, n_train, n_test, cfg.train.seed, train, test)
@@ -112,7 +112,7 @@ def run(cfg: ExperimentConfig, dataset: str = "scenes-1obj", n_train: int = 600,
     result = train_projector(projector, tr.tokens, tr.text, cfg.train,
                              te.tokens if te else None, te.text if te else None,
                              callback=callback, should_stop=should_stop, accelerator=accelerator,
-                             groups=caption_groups(train), hard_negatives=hard, hard_mask=mask)
+                             groups=caption_groups(train), hard_negatives=hard, hard_mask=mask, snapshot=snapshot)
     after = result.evals[-1] if result.evals else None
     path = None
     if out is not None and (accelerator is None or accelerator.is_main_process):

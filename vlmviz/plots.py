@@ -162,3 +162,36 @@ def training_figure(history: list[dict], evals: list[dict] | None = None, title:
     fig.update_yaxes(title_text="loss", secondary_y=False)
     fig.update_yaxes(title_text="recall@1", range=[0, 1.05], secondary_y=True)
     return fig
+
+
+def watch_figure(frames: list, text: "torch.Tensor", index: int = -1):
+    """Held-out images moving during training (the Train tab): frames [(step, (W, D) unit image vectors)], text
+    (W, D) their unit caption vectors. The axes are the captions' two principal directions, fixed for every frame
+    (the text side is frozen), so what moves is the connector's output."""
+    import plotly.graph_objects as go
+
+    txt = text.double().numpy()
+    mean = txt.mean(0)
+    _, _, vt = np.linalg.svd(txt - mean, full_matrices=False)
+    basis = vt[:2].T  # (D, 2)
+    tx = (txt - mean) @ basis
+    points = [(step, (img.double().numpy() - mean) @ basis) for step, img in frames]
+    every = np.concatenate([tx] + [p for _, p in points])
+    lo, hi = every.min(0), every.max(0)
+    pad = (hi - lo) * 0.05 + 1e-6
+    step, xy = points[index]
+    fig = go.Figure()
+    lines_x = np.column_stack([xy[:, 0], tx[:, 0], np.full(len(xy), np.nan)]).ravel()
+    lines_y = np.column_stack([xy[:, 1], tx[:, 1], np.full(len(xy), np.nan)]).ravel()
+    fig.add_trace(go.Scatter(x=lines_x, y=lines_y, mode="lines", line=dict(color="rgba(120,120,120,0.25)", width=1),
+                             hoverinfo="skip", name="image to its caption"))
+    fig.add_trace(go.Scatter(x=tx[:, 0], y=tx[:, 1], mode="markers", name=f"captions ({len(tx)})",
+                             marker=dict(color=TEXT_COLOR, size=8, symbol="diamond")))
+    fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=f"held-out images ({len(xy)})",
+                             marker=dict(color=IMAGE_COLOR, size=7)))
+    fig.update_layout(title=dict(text=f"step {step}: held-out images in the captions' PCA plane", font=dict(size=13)),
+                      template="plotly_white", height=420, margin=dict(l=50, r=10, t=40, b=40),
+                      legend=dict(orientation="h", y=-0.12),
+                      xaxis=dict(range=[lo[0] - pad[0], hi[0] + pad[0]], title="caption PC 1"),
+                      yaxis=dict(range=[lo[1] - pad[1], hi[1] + pad[1]], title="caption PC 2"))
+    return fig

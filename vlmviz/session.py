@@ -182,6 +182,9 @@ def add_uploaded_checkpoint(upload, owner: str, encoder: str, text: str, tokens:
 
 
 # ---- training jobs ------------------------------------------------------------------------------------------------
+WATCH_POINTS = 150  # held-out pairs drawn moving during training (the Train tab's map)
+
+
 class Cancelled(EncodingCancelled):
     """The person pressed Cancel while images were being encoded."""
 
@@ -207,6 +210,8 @@ class TrainJob:
     encoded: tuple[int, int] = (0, 0)
     open_set: dict | None = None
     checkpoint: tuple[str, str] | None = None  # (label, path) once filed
+    frames: list = field(default_factory=list)  # (step, (W, D_txt) unit held-out image vectors): train and watch
+    watch_text: object = None  # (W, D_txt) unit caption vectors of those held-out pairs
     finished: bool = False
     started: float = field(default_factory=time.time)
 
@@ -239,11 +244,22 @@ class TrainJob:
             if self.stop.is_set():
                 raise Cancelled(f"cancelled while encoding ({done} of {total} images encoded and cached)")
 
+        def on_snapshot(step, projector, eval_tokens, eval_text):
+            import torch
+
+            from .train import embed
+
+            w = WATCH_POINTS
+            if self.watch_text is None:
+                self.watch_text = torch.nn.functional.normalize(eval_text[:w].float(), dim=-1)
+            img = embed(projector, eval_tokens[:w], self.cfg.train.pooling)  # (W, D_txt)
+            self.frames.append((step, torch.nn.functional.normalize(img, dim=-1)))
+
         out = Path(tempfile.mkdtemp(prefix="vlmviz-run-")) / "run.safetensors"
         try:
             self.stage = "loading"
             self.result = run(self.cfg, self.dataset, self.n_train, self.n_test, out=out, callback=on_step,
-                              should_stop=self.stop.is_set, progress=on_encode)
+                              should_stop=self.stop.is_set, progress=on_encode, snapshot=on_snapshot)
             self.cancelled = bool(self.result.result.cancelled)
             if not self.cancelled and self.cfg.train.loss != "caption":
                 self.stage = "scoring"

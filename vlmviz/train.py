@@ -86,6 +86,7 @@ def train_projector(
     groups: torch.Tensor | None = None,
     hard_negatives: torch.Tensor | None = None,
     hard_mask: torch.Tensor | None = None,
+    snapshot: Callable[[int, Projector, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> TrainResult:
     """Train `projector` so that pool(projector(tokens[i])) aligns with text[i].
 
@@ -97,6 +98,8 @@ def train_projector(
     `hard_mask` (N, K) which of them are real; contrastive losses only.
     With an `accelerate.Accelerator`, each process draws its slice of the same global batch and gradients are
     averaged across processes (DistributedDataParallel), so results match one process with the same global batch.
+    `snapshot(step, projector, eval_tokens, eval_text)` is called before the first step and at every evaluation
+    (the app's Train tab draws the held-out points moving from it).
     """
     if len(tokens) != len(text):
         raise ValueError(f"got {len(tokens)} images but {len(text)} captions; expected one caption per image")
@@ -154,7 +157,12 @@ def train_projector(
             return None
         report = {"step": step, **evaluate(projector, eval_tokens, eval_text, cfg.pooling)}
         result.evals.append(report)
+        if snapshot is not None:
+            snapshot(step, projector, eval_tokens, eval_text)
         return report
+
+    if snapshot is not None and eval_tokens is not None and eval_text is not None:
+        snapshot(0, projector, eval_tokens, eval_text)  # where the held-out points start
 
     for step in range(cfg.steps):
         if should_stop is not None and should_stop():

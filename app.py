@@ -148,17 +148,18 @@ def heatmap(image, caption, encoder, text, projector, tokens, checkpoints):
     return plots.heatmap_overlay(pipe.encoder.view(img), grid), f"{note} vs *{caption}*"
 
 
-def nearest_words(image, encoder, text, projector, tokens, checkpoints):
-    """Runs after Inspect; when Inspect failed it clears its panel and adds no second message."""
+def nearest_words(image, encoder, text, projector, tokens, checkpoints, lens="embedding", layer=8):
+    """Runs after Inspect (and when the lens or layer changes); when Inspect failed it clears its panel and adds no
+    second message. lens / layer: vlmviz.lenses, read by Pipeline.nearest_words."""
     try:
         img = session.open_upload(image)
         pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
     except Exception:  # noqa: BLE001 - Inspect has already said what is wrong
         return None, ""
-    if not pipe.text.has_vocab:
+    if lens == "embedding" and not pipe.text.has_vocab:
         return None, f"{pipe.text.name} has no vocabulary readout"
     try:
-        return pipe.nearest_words(img, k=2)
+        return pipe.nearest_words(img, k=2, lens=lens or "embedding", layer=int(layer or 0))
     except Exception as err:  # noqa: BLE001
         return None, session.report(err, "nearest words")
 
@@ -591,6 +592,14 @@ def build_demo() -> gr.Blocks:
                         heat = gr.Image(label="Which patches match the caption", height=380, elem_id="heatmap")
                         heat_note = gr.Markdown(elem_classes="vv-note")
                     with gr.Column():
+                        with gr.Row():
+                            words_lens = gr.Dropdown(["embedding", "logit", "contextual"], value="embedding",
+                                                     label="Lens", elem_id="words-lens",
+                                                     info="embedding: nearest input-table words; logit: the LM's "
+                                                          "next word at the layer; contextual: nearest corpus words "
+                                                          "in context at the layer")
+                            words_layer = gr.Slider(0, 30, value=8, step=1, label="LM layer (logit, contextual)",
+                                                    elem_id="words-layer")
                         words = gr.Dataframe(label="Nearest vocabulary words of each projected token (on the grid)",
                                              elem_id="words", wrap=True, max_height=380)
                         words_note = gr.Markdown(elem_classes="vv-note")
@@ -757,12 +766,16 @@ def build_demo() -> gr.Blocks:
                     [ranking, scores, shapes, heat_caption, inspect_msg], concurrency_limit=4,
                     concurrency_id="inspect", preprocess=False, api_name=api,
                     api_visibility="public" if api == "inspect" else "private").then(
-                nearest_words, [image, *model, checkpoints], [words, words_note], concurrency_limit=4,
+                nearest_words, [image, *model, checkpoints, words_lens, words_layer], [words, words_note],
+                concurrency_limit=4,
                 preprocess=False, api_visibility="private" if api != "inspect" else "public").then(
                 connector_fit, [image, projector, checkpoints], fit_note, preprocess=False,
                 api_visibility="private").then(
                 provenance, [image, prov_token, *model, checkpoints], [prov_img, prov_note], concurrency_limit=4,
                 preprocess=False, api_visibility="private")
+        for trigger in (words_lens.input, words_layer.release):
+            trigger(nearest_words, [image, *model, checkpoints, words_lens, words_layer], [words, words_note],
+                    concurrency_limit=4, preprocess=False, api_visibility="private")
         prov_token.input(provenance, [image, prov_token, *model, checkpoints], [prov_img, prov_note],
                          concurrency_limit=4, preprocess=False, api_visibility="private")
         for picture in (heat, prov_img):

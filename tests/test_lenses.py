@@ -164,3 +164,39 @@ def test_scoring_counts_on_object_tokens_and_the_shuffled_control_removes_a_cons
     assert sorted(perm) == list(range(7)) and all(perm != np.arange(7))
     with pytest.raises(ValueError, match="one each per scene"):
         score_readings(right, on[:1], metas)
+
+
+def test_pipeline_reads_its_token_grid_through_each_lens(tiny_lm_dir, lm, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from vlmviz.explore import Pipeline
+    from vlmviz.lenses import lens_for
+    from vlmviz.projectors import build_projector
+    from vlmviz.text import load_text_space
+
+    monkeypatch.setenv("VLMVIZ_CACHE", str(tmp_path))
+
+    class FourByFour:  # an encoder stand-in: 16 patch tokens of width 8, no CLS
+        cache_id, has_cls, hidden_size, num_tokens = "four-by-four-lens-test", False, 8, 16
+
+        def encode(self, images):
+            return torch.randn(len(images), 16, 8, generator=torch.Generator().manual_seed(3))
+
+    space = load_text_space(str(tiny_lm_dir))
+    torch.manual_seed(0)
+    pipe = Pipeline(FourByFour(), space, build_projector("linear", 8, space.dim).eval(), tokens="patch")
+    image = Image.new("RGB", (32, 32), (200, 10, 10))
+    projected = pipe.project(pipe.image_tokens(image))[0]  # (16, D)
+    model, tok = lm
+    rows, note = pipe.nearest_words(image, k=2)
+    assert note == "4x4 grid of projected tokens" and len(rows) == 4
+    assert rows[0][0] == " / ".join(EmbeddingLens(space).read(projected, 2)[0])
+    rows, note = pipe.nearest_words(image, k=2, lens="logit", layer=1)
+    assert note == "4x4 grid of projected tokens; logit lens at layer 1"
+    assert [c for r in rows for c in r] == [" / ".join(w) for w in LogitLens(model, tok, 1).read(projected, 2)]
+    rows, note = pipe.nearest_words(image, k=2, lens="contextual", layer=2)
+    assert note.endswith("contextual lens at layer 2") and all(" / " in c for r in rows for c in r)
+    lens = lens_for(space, "contextual", 2)
+    assert lens.size > 1000 and lens is lens_for(space, "contextual", 2)  # the default corpus, built once
+    with pytest.raises(ValueError, match="has none: use the embedding lens"):
+        lens_for(type("S", (), {"name": "minilm", "kind": "sentence", "cache_id": "minilm@x"})(), "logit", 1)

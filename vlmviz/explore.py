@@ -193,22 +193,31 @@ class Pipeline:
         return None, (f"{self.projector.family} mixes the patches into learned queries: its outputs are not tied to "
                       "places, so there is no patch map to draw")
 
-    def nearest_words(self, image, k: int = 3) -> tuple[list[list[str]], str]:
-        """Nearest vocabulary words of each projected token (logit-lens style), laid out on the grid when
-        there is one: rows of cells, each cell 'word1 / word2 / ...'."""
-        if not getattr(self.text, "has_vocab", False):
+    def nearest_words(self, image, k: int = 3, lens: str = "embedding",
+                      layer: int = 0) -> tuple[list[list[str]], str]:
+        """What each projected token reads as through a lens (vlmviz.lenses: 'embedding', nearest vocabulary words;
+        'logit', the LM's next-token top-k at `layer`; 'contextual', nearest corpus words in context at `layer`),
+        laid out on the grid when there is one: rows of cells, each cell 'word1 / word2 / ...'."""
+        if lens == "embedding" and not getattr(self.text, "has_vocab", False):
             raise ValueError(f"text space {self.text.name} has no vocabulary to read tokens against")
         vis = self.image_tokens(image)
         n = select_tokens(vis, self.encoder.has_cls, self.tokens).shape[1]
         projected = self.project(vis)[0]  # (M, D_txt)
-        words = [" / ".join(w.strip() or repr(w) for w, _ in near) for near in self.text.nearest_tokens(projected, k)]
+        if lens == "embedding":
+            rows = self.text.nearest_tokens(projected, k)
+            words = [" / ".join(w.strip() or repr(w) for w, _ in near) for near in rows]
+        else:
+            from .lenses import lens_for
+
+            words = [" / ".join(row) for row in lens_for(self.text, lens, layer).read(projected, k)]
+        through = f"; {lens} lens at layer {layer}" if lens != "embedding" else ""  # the default note unchanged
         grid = self.output_grid(n)
         if grid is None:
-            return [[f"#{i}: {w}"] for i, w in enumerate(words)], f"{len(words)} projected tokens (no grid)"
+            return [[f"#{i}: {w}"] for i, w in enumerate(words)], f"{len(words)} projected tokens (no grid){through}"
         h, w, offset = grid
         cells = words[offset:]
         rows = [cells[r * w:(r + 1) * w] for r in range(h)]
-        note = f"{h}x{w} grid of projected tokens" + (f"; CLS token: {words[0]}" if offset else "")
+        note = f"{h}x{w} grid of projected tokens" + (f"; CLS token: {words[0]}" if offset else "") + through
         return rows, note
 
     def describe(self) -> dict:

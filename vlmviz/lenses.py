@@ -22,6 +22,7 @@ Shape legend: M visual tokens, L sequence length, D LM width, V vocabulary, C co
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -37,10 +38,11 @@ from .text.base import save_tensor_atomic, vocab_strings
 LENSES = ("embedding", "logit", "contextual")
 
 
-def top_strings(scores: torch.Tensor, strings: Sequence[str], k: int) -> list[list[str]]:
+def top_strings(scores: torch.Tensor, strings: Sequence[str], k: int, pool: int = 4) -> list[list[str]]:
     """(M, V) scores -> per row the k distinct strings of highest score, best first (' red' and 'red' both read
-    "red" once readable: a row holds k distinct strings)."""
-    idx = scores.topk(min(4 * k + 8, scores.shape[-1]), dim=-1).indices  # (M, k')
+    "red" once readable: a row holds k distinct strings), looked for among the pool * k + 8 best entries (a corpus
+    repeats 'a' and 'the' hundreds of times, so the contextual lens looks further)."""
+    idx = scores.topk(min(pool * k + 8, scores.shape[-1]), dim=-1).indices  # (M, k')
     out = []
     for row in idx.tolist():
         seen: dict[str, None] = {}
@@ -287,7 +289,7 @@ class ContextualLens(_LMReader):
         return [[(self.strings[j], self.sentences[int(self.owner[j])]) for j in row] for row in idx.tolist()]
 
     def read(self, vectors: torch.Tensor, k: int = 5, states: dict | None = None) -> list[list[str]]:
-        return top_strings(self.scores(vectors, states), self.strings, k)
+        return top_strings(self.scores(vectors, states), self.strings, k, pool=64)
 
 
 def build_lens(kind: str, text_space=None, model=None, tokenizer=None, layer: int = 0, **kw):
@@ -299,3 +301,49 @@ def build_lens(kind: str, text_space=None, model=None, tokenizer=None, layer: in
     if model is None or tokenizer is None:
         raise ValueError(f"the {kind} lens needs the frozen LM and its tokenizer (a causal LM text space)")
     return (LogitLens if kind == "logit" else ContextualLens)(model, tokenizer, layer, **kw)
+
+
+# ---- a lens over a text space (what the app and Pipeline.nearest_words ask for) ----------------------------------
+def language_model(text_space):
+    """(model, tokenizer) of the causal LM behind a text space: the contextual space holds it, SmolLM2's token-mean
+    space and any Hugging Face causal LM token-mean space load it (once per process)."""
+    if getattr(text_space, "model", None) is not None and hasattr(text_space.model, "base_model"):
+        return text_space.model, text_space.tokenizer
+    cache_id = getattr(text_space, "cache_id", "")
+    if cache_id.startswith("smollm2-135m"):
+        from .text import load_smollm2_lm
+
+        return load_smollm2_lm(str(text_space.device))
+    if cache_id.startswith("hf-causal:"):
+        return _hf_lm(cache_id[len("hf-causal:"):].rsplit("@", 1)[0], str(text_space.device))
+    raise ValueError(f"the logit and contextual lenses need the causal LM behind the text space; "
+                     f"{text_space.name!r} ({text_space.kind}) has none: use the embedding lens or an LM text space")
+
+
+@functools.cache
+def _hf_lm(name_or_path: str, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .hub import offline
+    from .text.hf_causal import freeze
+
+    kw = {"local_files_only": offline()}
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kw).to(device)
+    return freeze(model), AutoTokenizer.from_pretrained(name_or_path, **kw)
+
+
+_BUILT: dict = {}
+
+
+def lens_for(text_space, kind: str = "embedding", layer: int = 0):
+    """The lens `kind` at `layer` over a text space, built once per process (the contextual corpus is the default
+    one, cached on disk under the text space's cache_id)."""
+    if kind == "embedding":
+        return EmbeddingLens(text_space)
+    key = (getattr(text_space, "cache_id", id(text_space)), kind, int(layer))
+    if key not in _BUILT:
+        model, tokenizer = language_model(text_space)
+        lm_id = re.sub(r"^smollm2-135m-ctx@", "smollm2-135m@", text_space.cache_id) + "-lm"  # both share one LM
+        kw = {"cache_id": lm_id} if kind == "contextual" else {}
+        _BUILT[key] = build_lens(kind, model=model, tokenizer=tokenizer, layer=layer, **kw)
+    return _BUILT[key]

@@ -139,3 +139,15 @@ def test_a_50k_point_map_stays_responsive_while_panning(tmp_path, artifacts):
     # software WebGL (SwiftShader) on 2 shared cores is the worst case: the figures go to BENCHMARKS.md; what must
     # hold is that the page never hangs and answers a hover after the pan
     assert len(frames) > 20 and stats["worst_frame_ms"] < 10_000 and hover_s < 15, stats
+
+
+def test_pca_of_many_points_matches_the_full_svd():
+    from vlmviz.reduce import _pca
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(3000, 24)) * np.linspace(3, 0.5, 24)).astype(np.float32)  # distinct variances
+    xc = x - x.mean(0)
+    _, _, vt = np.linalg.svd(xc.astype(np.float64), full_matrices=False)
+    ref = xc @ vt[:2].T
+    got = _pca(x)
+    np.testing.assert_allclose(np.abs(got), np.abs(ref), rtol=1e-3, atol=1e-3)  # the same axes, up to sign

@@ -145,7 +145,8 @@ def test_pca_of_many_points_matches_the_full_svd():
     from vlmviz.reduce import _pca
 
     rng = np.random.default_rng(3)
-    x = (rng.normal(size=(3000, 24)) * np.linspace(3, 0.5, 24)).astype(np.float32)  # distinct variances
+    scale = np.concatenate([[5.0, 3.0], np.linspace(1.0, 0.5, 22)])  # two leading directions, then the rest
+    x = (rng.normal(size=(3000, 24)) * scale).astype(np.float32)
     xc = x - x.mean(0)
     _, _, vt = np.linalg.svd(xc.astype(np.float64), full_matrices=False)
     ref = xc @ vt[:2].T

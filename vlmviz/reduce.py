@@ -26,7 +26,7 @@ def _pca(x: np.ndarray) -> np.ndarray:
     if len(xc) > 2000:  # many points: randomized subspace iteration for the top two directions (Halko et al.
         # 2011), matmuls of (N, D) by (D, 10) only; a full SVD or a LAPACK eigh took 5-10 s at 10k here
         q = np.random.default_rng(0).standard_normal((xc.shape[1], 10)).astype(np.float32)  # (D, 10)
-        for _ in range(6):
+        for _ in range(8):
             q, _ = np.linalg.qr(xc.T @ (xc @ q))  # (D, 10) orthonormal, converging on the top subspace
         _, _, vt = np.linalg.svd(xc @ q, full_matrices=False)  # (10, 10)
         top = (q @ vt[:2].T).T  # (2, D)

@@ -152,3 +152,21 @@ def test_pca_of_many_points_matches_the_full_svd():
     ref = xc @ vt[:2].T
     got = _pca(x)
     np.testing.assert_allclose(np.abs(got), np.abs(ref), rtol=1e-3, atol=1e-3)  # the same axes, up to sign
+
+
+def test_second_connector_placed_on_the_first_map(tmp_path):
+    """Before vs after: the same connector twice lands exactly on the first map; the captions stay put."""
+    import torch
+
+    from vlmviz import Pipeline
+    from vlmviz.data import load_dataset
+    from vlmviz.maps import connector_maps
+
+    samples = load_dataset("gallery").samples
+    pipe = Pipeline.build(encoder="efficientnet-lite0", text="minilm-l6", projector="linear", tokens="mean")
+    moved = Pipeline(pipe.encoder, pipe.text, torch.nn.Identity(), pipe.tokens, "mean")
+    moved.projector = pipe.projector  # the same weights: its points must land where the first map put them
+    a, b = connector_maps([("before", pipe), ("after", moved)], samples, "pca", place_on_first=True)
+    np.testing.assert_allclose(b.image_xy, a.image_xy, atol=1e-4)
+    np.testing.assert_array_equal(b.caption_xy, a.caption_xy)
+    assert "placed on the map of before" in b.note

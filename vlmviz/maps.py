@@ -90,10 +90,13 @@ def scale_metrics(img: np.ndarray, txt: np.ndarray, k: int = 10, seed: int = 0) 
 
 
 def connector_maps(connectors: Sequence, samples: Sequence, method: str = "umap", progress=None,
-                   seed: int = 0) -> list[ConnectorMap]:
+                   seed: int = 0, place_on_first: bool = False) -> list[ConnectorMap]:
     """One map per connector of the same samples: names as vlmviz.search.resolve_connector takes them, or
-    (label, Pipeline) pairs (the app's untrained families and session checkpoints)."""
-    from .reduce import map_2d
+    (label, Pipeline) pairs (the app's untrained families and session checkpoints). place_on_first: the second
+    connector's points are not fitted again but placed on the first map (reduce.place: each at its nearest points
+    of the first fit), so the layout stays and what moves is the connector (before vs after training); both must
+    share a text space."""
+    from .reduce import map_2d, place
     from .search.index import resolve_connector
 
     if len(samples) < 3:
@@ -123,6 +126,17 @@ def connector_maps(connectors: Sequence, samples: Sequence, method: str = "umap"
             while len(_DRAWN) > 8:
                 _DRAWN.pop(next(iter(_DRAWN)))
         xy, metrics, note = _DRAWN[key]
+        if place_on_first and maps:
+            first = maps[0]
+            if first.vectors.shape[1] != img.shape[1]:
+                raise ValueError(f"place_on_first needs one text space: {first.label} maps into "
+                                 f"{first.vectors.shape[1]}-d, {label} into {img.shape[1]}-d")
+            fitted = np.concatenate([first.vectors, first_txt])
+            fitted_xy = np.concatenate([first.image_xy, first.caption_xy])
+            xy = np.concatenate([place(img, fitted, fitted_xy), first.caption_xy])  # the captions stay put
+            note = f"placed on the map of {first.label} (not refitted)"
+        elif not maps:
+            first_txt = F.normalize(pipe.text.encode(distinct).float(), dim=-1).numpy() if place_on_first else None
         maps.append(ConnectorMap(label, xy[:len(img)], xy[len(img):], distinct, caption_of, metrics, note, img))
     return maps
 
@@ -271,7 +285,7 @@ def cmd_map(args) -> None:
         if n >= total:
             done["base"] += total
 
-    maps = connector_maps(args.connector, samples, args.method, progress, args.seed)
+    maps = connector_maps(args.connector, samples, args.method, progress, args.seed, args.place_on_first)
     bar.close()
     out = write_html(maps, samples, args.out, args.color)
     for m in maps:
@@ -289,6 +303,9 @@ def add_parser(sub) -> None:
                    help="one or two: 'photo', 'scenes', checkpoint files, vlm:FOLDER")
     p.add_argument("--method", choices=("pca", "umap", "tsne"), default="umap")
     p.add_argument("--color", help="colour images by this metadata column (e.g. color, shape)")
+    p.add_argument("--place-on-first", action="store_true",
+                   help="place the second connector's points on the first map instead of fitting its own (the same "
+                        "layout before and after training)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="map.html")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

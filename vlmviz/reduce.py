@@ -92,8 +92,11 @@ def place(new: np.ndarray, fitted: np.ndarray, fitted_xy: np.ndarray, k: int = 1
         sim = a[start:start + chunk] @ b.T  # (c, N)
         idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # (c, k)
         s = np.take_along_axis(sim, idx, 1)
-        w = np.exp((s - s.max(1, keepdims=True)) * 50.0)  # sharp: an exact match (cosine 1) dominates
-        out[start:start + chunk] = (w[:, :, None] * fitted_xy[idx]).sum(1) / w.sum(1, keepdims=True)
+        w = np.exp((s - s.max(1, keepdims=True)) * 50.0)  # sharp: the nearest neighbours dominate
+        block = (w[:, :, None] * fitted_xy[idx]).sum(1) / w.sum(1, keepdims=True)
+        exact = s.max(1) >= 1 - 1e-6  # a point the map was fitted on keeps its fitted place
+        block[exact] = fitted_xy[idx[exact, s[exact].argmax(1)]]
+        out[start:start + chunk] = block
     return out
 
 

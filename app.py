@@ -38,7 +38,7 @@ FAMILIES = ["linear", "mlp2x_gelu"] + [p for p in list_projectors() if p not in 
 UNTRAINED = [f"untrained {f}" for f in FAMILIES]
 RECIPES = session.recipes()
 DEFAULT_RECIPE = next(iter(RECIPES))
-MAP_CAP, TRAIN_CAP, LINKED_CAP = 300, 4000, 20_000  # classic map, training pairs, linked WebGL maps
+MAP_CAP, TRAIN_CAP, LINKED_CAP = 300, 4000, 100_000  # classic map, training pairs, linked WebGL maps
 DEFAULT_ENCODER, DEFAULT_TEXT = "vit-s14", "smollm2-135m"
 CSS = """
 #ranking .label-name {font-size: 0.95em; display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical;
@@ -623,7 +623,7 @@ def build_demo() -> gr.Blocks:
                                       "fits")
                     per_token = gr.Checkbox(False, label="per projected token")
                     map_btn = gr.Button("Draw map", variant="primary", elem_id="draw-map")
-                with gr.Accordion("Linked maps at scale: up to 20,000 pairs, two connectors side by side",
+                with gr.Accordion("Linked maps at scale: up to 100,000 pairs, two connectors side by side",
                                   open=False, elem_id="linked-acc"):
                     with gr.Row():
                         linked_n = gr.Slider(3, LINKED_CAP, value=2000, step=1, label="Pairs", elem_id="linked-n")

@@ -773,9 +773,9 @@ def build_demo() -> gr.Blocks:
                 api_visibility="private").then(
                 provenance, [image, prov_token, *model, checkpoints], [prov_img, prov_note], concurrency_limit=4,
                 preprocess=False, api_visibility="private")
-        for trigger in (words_lens.input, words_layer.release):
+        for trigger in (words_lens.input, words_layer.change):  # a drag reads only the layer it ends on
             trigger(nearest_words, [image, *model, checkpoints, words_lens, words_layer], [words, words_note],
-                    concurrency_limit=4, preprocess=False, api_visibility="private")
+                    concurrency_limit=4, preprocess=False, api_visibility="private", trigger_mode="always_last")
         prov_token.input(provenance, [image, prov_token, *model, checkpoints], [prov_img, prov_note],
                          concurrency_limit=4, preprocess=False, api_visibility="private")
         for picture in (heat, prov_img):

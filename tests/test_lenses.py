@@ -200,3 +200,15 @@ def test_pipeline_reads_its_token_grid_through_each_lens(tiny_lm_dir, lm, tmp_pa
     assert lens.size > 1000 and lens is lens_for(space, "contextual", 2)  # the default corpus, built once
     with pytest.raises(ValueError, match="has none: use the embedding lens"):
         lens_for(type("S", (), {"name": "minilm", "kind": "sentence", "cache_id": "minilm@x"})(), "logit", 1)
+
+
+def test_lenses_read_the_same_from_concurrent_threads(lm):
+    """The app serves events concurrently: hooked forwards on the one shared LM must not fire each other's hooks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, tok = lm
+    vectors = torch.randn(6, model.config.hidden_size, generator=torch.Generator().manual_seed(4))
+    lenses = [LogitLens(model, tok, layer) for layer in (1, 2, 1, 2, 1, 2, 1, 2)]
+    serial = [lens.read(vectors, 3) for lens in lenses]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda lens: lens.read(vectors, 3), lenses)) == serial

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import json
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +37,8 @@ import torch.nn.functional as F
 from .text.base import save_tensor_atomic, vocab_strings
 
 LENSES = ("embedding", "logit", "contextual")
+_HOOKS = threading.Lock()  # one hooked forward at a time
+_BUILDING = threading.Lock()  # one lens (and LM) load at a time: concurrent from_pretrained calls of one model fail
 
 
 def top_strings(scores: torch.Tensor, strings: Sequence[str], k: int, pool: int = 4) -> list[list[str]]:
@@ -88,15 +91,17 @@ def hidden_at(model, embeds: torch.Tensor, layers: Sequence[int], mask: torch.Te
                 raise _Stop
         return fn
 
-    handles = [blocks[i].register_forward_hook(hook(i)) for i in range(deepest)]
-    try:
-        with torch.no_grad():
-            model.base_model(inputs_embeds=embeds, attention_mask=mask)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    # hooks live on the shared model: two threads (the app serves concurrent events) would fire each other's
+    with _HOOKS:
+        handles = [blocks[i].register_forward_hook(hook(i)) for i in range(deepest)]
+        try:
+            with torch.no_grad():
+                model.base_model(inputs_embeds=embeds, attention_mask=mask)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
     return out
 
 
@@ -341,7 +346,9 @@ def lens_for(text_space, kind: str = "embedding", layer: int = 0):
     if kind == "embedding":
         return EmbeddingLens(text_space)
     key = (getattr(text_space, "cache_id", id(text_space)), kind, int(layer))
-    if key not in _BUILT:
+    with _BUILDING:
+        if key in _BUILT:
+            return _BUILT[key]
         model, tokenizer = language_model(text_space)
         lm_id = re.sub(r"^smollm2-135m-ctx@", "smollm2-135m@", text_space.cache_id) + "-lm"  # both share one LM
         kw = {"cache_id": lm_id} if kind == "contextual" else {}

@@ -17,6 +17,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
+# transformers resolves its classes lazily; two first requests resolving them at once from worker threads can fail
+# half-way ("cannot import name 'Dinov2Model'", seen at start-up): resolve the frozen models' classes here, once
+from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, Dinov2Model,  # noqa: E402,F401
+                          LlamaForCausalLM, SiglipVisionModel, ViTModel)
+
 from vlmviz import builtins, describe, domain, explore, maps, plots, scene_connector, session, vlm_view  # noqa: E402
 from vlmviz.config import CAPTION_MODES, CAPTION_TRAIN, POOLINGS, TOKEN_MODES  # noqa: E402
 from vlmviz.data import list_datasets, load_dataset, load_gallery  # noqa: E402

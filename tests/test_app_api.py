@@ -194,10 +194,11 @@ def test_two_runs_get_unique_labels_files_named_like_them_and_the_new_one_select
             "vit-s14", "smollm2-135m")
     labels = []
     for _ in range(2):
-        curve, table, status, path, menu = client.predict(*args, api_name="/train")
+        curve, table, status, path, menu, watch, replay = client.predict(*args, api_name="/train")
         selected = menu["value"]
         assert status.startswith("Finished 20 of 20 steps") and f"selected as **{selected}**" in status
         assert os.path.basename(path) == f"{slug(selected)}.safetensors"
         assert any(row[0] == "i2t_R@1" for row in table["data"])
+        assert watch is not None  # train and watch: the held-out points at the last saved step
         labels.append(selected)
     assert labels[1] == f"{labels[0]} (2)"

@@ -689,7 +689,7 @@ def build_demo() -> gr.Blocks:
                     family = gr.Dropdown(FAMILIES, value=cfg.projector.family, label="Connector family",
                                          elem_id="family")
                     loss = gr.Dropdown(list(LOSSES) + ["caption"], value=cfg.train.loss, label="Loss", elem_id="loss")
-                    pooling = gr.Dropdown(list(POOLINGS), value=cfg.train.pooling, label="Pooling")
+                    pooling = gr.Dropdown(list(POOLINGS), value=cfg.train.pooling, label="Pooling", elem_id="pooling")
                     train_tokens = gr.Dropdown(list(TOKEN_MODES), value=cfg.encoder.tokens, label="Encoder tokens",
                                                elem_id="train-tokens")
                     train_encoder = gr.Dropdown(list_vision_encoders(), value=cfg.encoder.name, label="Encoder",
@@ -698,8 +698,8 @@ def build_demo() -> gr.Blocks:
                                              allow_custom_value=True, elem_id="train-text")
                 with gr.Row():
                     steps = gr.Slider(10, 4000, value=cfg.train.steps, step=10, label="Steps", elem_id="steps")
-                    lr = gr.Number(cfg.train.lr, label="Learning rate")
-                    batch = gr.Slider(8, 256, value=cfg.train.batch_size, step=8, label="Batch")
+                    lr = gr.Number(cfg.train.lr, label="Learning rate", elem_id="lr")
+                    batch = gr.Slider(8, 256, value=cfg.train.batch_size, step=8, label="Batch", elem_id="batch")
                     weight_decay = gr.Number(cfg.train.weight_decay, label="Weight decay", elem_id="weight-decay")
                     train_data = gr.Dropdown(list_datasets(), value=first.dataset, label="Dataset", elem_id="train-data")
                     n_train = gr.Slider(8, TRAIN_CAP, value=first.n_train, step=1, label="Training pairs",

@@ -439,8 +439,12 @@ def test_train_and_watch_the_held_out_points_move_then_replay_the_steps(page, ar
     pg = page
     pg.get_by_role("tab", name="Train").click()
     set_dropdown(pg, "family", "linear")
+    set_dropdown(pg, "loss", "infonce")  # whatever an earlier test left (the caption loss, its small batch)
+    set_dropdown(pg, "pooling", "mean")
     set_dropdown(pg, "train-tokens", "cls+mean")
     set_dropdown(pg, "train-data", "scenes-1obj")
+    pg.locator("#lr input").fill("0.01")
+    set_slider(pg, "batch", 128)
     set_slider(pg, "n-train", 120)
     set_slider(pg, "steps", 200)
     pg.click("#start-train")

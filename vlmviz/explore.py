@@ -339,11 +339,15 @@ def build_map(pipeline: Pipeline, samples: Sequence, method: str = "pca", per_to
 def get_checkpoint_pipeline(path: str | Path) -> Pipeline:
     """A pipeline around a saved checkpoint, cached by path and modification time."""
     path = Path(path)
-    key = ("checkpoint", str(path), path.stat().st_mtime_ns)
+    return _cached(("checkpoint", str(path), path.stat().st_mtime_ns), lambda: Pipeline.from_checkpoint(path))
+
+
+def _cached(key: tuple, build) -> Pipeline:
+    """_PIPELINES[key], built outside the lock on a miss (loading weights must not block other requests)."""
     with _PIPELINES_LOCK:
         if key in _PIPELINES:
             return _PIPELINES[key]
-    pipe = Pipeline.from_checkpoint(path)
+    pipe = build()
     with _PIPELINES_LOCK:
         _PIPELINES[key] = pipe
         while len(_PIPELINES) > 32:
@@ -357,16 +361,7 @@ VLM_PREFIX = "vlm: "  # the app's connector choice for a real VLM: 'vlm: <folder
 def get_vlm_pipeline(source: str) -> Pipeline:
     """A real VLM's pipeline (Pipeline.from_vlm), cached by its folder or hub id; the model itself is loaded once
     per process (vlmviz.vlms.open_vlm)."""
-    key = ("vlm", str(source))
-    with _PIPELINES_LOCK:
-        if key in _PIPELINES:
-            return _PIPELINES[key]
-    pipe = Pipeline.from_vlm(source)
-    with _PIPELINES_LOCK:
-        _PIPELINES[key] = pipe
-        while len(_PIPELINES) > 32:
-            _PIPELINES.popitem(last=False)
-    return pipe
+    return _cached(("vlm", str(source)), lambda: Pipeline.from_vlm(source))
 
 
 def resolve_pipeline(choice: str, checkpoints: dict, encoder: str, text: str, tokens: str) -> Pipeline:

@@ -121,11 +121,11 @@ def connector_maps(connectors: Sequence, samples: Sequence, method: str = "umap"
         if key not in _DRAWN:
             txt = F.normalize(pipe.text.encode(distinct).float(), dim=-1).numpy()  # (T, D_txt)
             xy, note = map_2d(np.concatenate([img, txt]), method, seed)
-            _DRAWN[key] = (xy, scale_metrics(img, txt[caption_of], seed=seed),
+            _DRAWN[key] = (xy, txt, scale_metrics(img, txt[caption_of], seed=seed),
                            f"{note} ({len(img):,} images + {len(distinct):,} distinct captions) in {pipe.text.name}")
             while len(_DRAWN) > 8:
                 _DRAWN.pop(next(iter(_DRAWN)))
-        xy, metrics, note = _DRAWN[key]
+        xy, txt, metrics, note = _DRAWN[key]
         if place_on_first and maps:
             first = maps[0]
             if first.vectors.shape[1] != img.shape[1]:
@@ -135,13 +135,12 @@ def connector_maps(connectors: Sequence, samples: Sequence, method: str = "umap"
             fitted_xy = np.concatenate([first.image_xy, first.caption_xy])
             xy = np.concatenate([place(img, fitted, fitted_xy), first.caption_xy])  # the captions stay put
             note = f"placed on the map of {first.label} (not refitted)"
-        elif not maps:
-            first_txt = F.normalize(pipe.text.encode(distinct).float(), dim=-1).numpy() if place_on_first else None
+        first_txt = first_txt if maps else txt  # the first map's caption vectors, fitted with it
         maps.append(ConnectorMap(label, xy[:len(img)], xy[len(img):], distinct, caption_of, metrics, note, img))
     return maps
 
 
-_DRAWN: dict = {}  # (vectors, text space, captions, method, seed) -> (xy, metrics, note), the newest last
+_DRAWN: dict = {}  # (vectors, text space, captions, method, seed) -> (xy, caption vectors, metrics, note), newest last
 
 
 def _thumb(image, size: int = 48) -> str:

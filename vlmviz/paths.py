@@ -5,6 +5,7 @@ cache folder so a second start is fast; `VLMVIZ_CACHE` moves it (tests point it 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -17,3 +18,12 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def file_sha1(path: str | Path) -> str:
+    """Content hash of a file, read in 4 MiB blocks (weights, checkpoints, a library's photos)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

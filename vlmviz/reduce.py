@@ -55,8 +55,8 @@ def _tsne(x: np.ndarray, seed: int) -> np.ndarray:
     return TSNE(2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed).fit_transform(x)
 
 
-def reduce_2d(points, method: str = "pca", seed: int = 0) -> np.ndarray:
-    """(N, D) -> (N, 2). Cached: the same points and method return the stored map at once."""
+def _points(points, method: str) -> np.ndarray:
+    """The (N, D) float32 points a map can be drawn of, or a ValueError saying what was expected."""
     if method not in METHODS:
         raise ValueError(f"map method must be one of {', '.join(METHODS)}; got {method!r}")
     x = np.ascontiguousarray(np.asarray(points, dtype=np.float32))
@@ -64,6 +64,12 @@ def reduce_2d(points, method: str = "pca", seed: int = 0) -> np.ndarray:
         raise ValueError(f"a 2-D map needs at least 3 points of shape (N, D); got {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError("cannot map vectors containing NaN or infinity")
+    return x
+
+
+def reduce_2d(points, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """(N, D) -> (N, 2). Cached: the same points and method return the stored map at once."""
+    x = _points(points, method)
     key = (method, seed, x.shape, hashlib.sha1(x.tobytes()).hexdigest())
     with _LOCK:
         if key in _CACHE:
@@ -107,13 +113,7 @@ def map_2d(points, method: str = "pca", seed: int = 0, max_fit: int | None = -1,
     from .checkpoints import atomic_write
     from .paths import cache_dir
 
-    if method not in METHODS:
-        raise ValueError(f"map method must be one of {', '.join(METHODS)}; got {method!r}")
-    x = np.ascontiguousarray(np.asarray(points, dtype=np.float32))
-    if x.ndim != 2 or len(x) < 3:
-        raise ValueError(f"a 2-D map needs at least 3 points of shape (N, D); got {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("cannot map vectors containing NaN or infinity")
+    x = _points(points, method)
     max_fit = MAX_FIT[method] if max_fit == -1 else max_fit
     key = hashlib.sha1(x.tobytes() + repr((method, seed, max_fit, x.shape)).encode()).hexdigest()
     path = cache_dir("maps") / f"{key[:24]}.npy"

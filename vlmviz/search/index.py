@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..images import load_image
-from ..paths import cache_dir
+from ..paths import cache_dir, file_sha1
 from ..tokens import pool_tokens
 from .query import parse_query
 from .store import Hit, IndexStoreError, ShardStore
@@ -37,14 +37,6 @@ Progress = Callable[[int, int, str], None]
 
 class IndexCancelled(Exception):
     """update() was cancelled; everything embedded before the cancel is committed and the next update resumes."""
-
-
-def file_hash(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def scan(root: Path, skip: Path | None = None) -> dict[str, tuple[int, int]]:
@@ -98,7 +90,7 @@ def resolve_connector(spec: str | None):
                              "(.safetensors from `python -m vlmviz train`); no such file")
         label = str(path.resolve())
     pipe = get_checkpoint_pipeline(path)
-    identity = {"connector": label, "sha1": file_hash(Path(path)), "encoder": pipe.encoder.name,
+    identity = {"connector": label, "sha1": file_sha1(Path(path)), "encoder": pipe.encoder.name,
                 "text": pipe.text.name, "tokens": pipe.tokens, "pooling": pipe.pooling}
     return pipe, identity
 
@@ -244,7 +236,7 @@ class SearchIndex:
             if progress and i % 200 == 0:
                 progress(i, len(on_disk), "checking files")
             try:
-                digest = file_hash(self.root / path)
+                digest = file_sha1(self.root / path)
             except OSError as err:
                 report["bad"][path] = f"cannot read: {err}"
                 continue
@@ -344,7 +336,7 @@ class SearchIndex:
     def _image_vector(self, path: str) -> np.ndarray:
         path = Path(path).expanduser()
         if path.is_file():
-            stored = self.store.vector_of(file_hash(path))
+            stored = self.store.vector_of(file_sha1(path))
             if stored is not None:  # an indexed photo: its vector is already here
                 return stored
         pixels = self.pipe.encoder.preprocess([load_image(path, name=path.name)])

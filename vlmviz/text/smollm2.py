@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -23,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from ..paths import cache_dir
+from ..paths import cache_dir, file_sha1
 from .base import save_tensor_atomic
 from .hf_causal import ContextualLMSpace, TokenMeanSpace, freeze
 
@@ -47,11 +46,7 @@ def gguf_path() -> Path:
 @functools.cache
 def gguf_sha1() -> str:
     """Content hash of the GGUF (about 0.2 s for 98 MB, once per process): keys every converted copy."""
-    h = hashlib.sha1()
-    with open(gguf_path(), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha1(gguf_path())
 
 
 def _converted_dir(name: str, build: Callable[[Path], None]) -> Path:

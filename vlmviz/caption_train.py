@@ -18,7 +18,7 @@ from .config import ExperimentConfig
 from .encoders import load_vision_encoder, select_tokens, token_dim
 from .features import FeatureCache
 from .projectors import Projector, build_projector
-from .train import train_projector
+from .train import RunResult, train_projector
 
 EVAL_IMAGES = 16  # held-out images scored by the caption loss before and after: a few seconds through SmolLM2
 
@@ -49,8 +49,6 @@ def held_out_loss(projector: Projector, vlm: VisualLM, tokens: torch.Tensor, cap
 def run_caption(cfg: ExperimentConfig, train: list, test: list, out: str | Path | None = None, callback=None,
                 should_stop=None, accelerator=None, progress=None, cache: FeatureCache | None = None,
                 dataset: str = "", split=None):
-    from .experiment import RunResult
-
     x_tr = caption_tokens(cfg, train, cache, progress)  # (N, T, D_vis)
     held = test[:EVAL_IMAGES]
     x_te = caption_tokens(cfg, held, cache, progress) if held else None

@@ -16,7 +16,7 @@ from .features import FeatureCache
 from .openset import caption_groups, embed_hard_negatives, training_caption
 from .projectors import build_projector
 from .text import load_text_space
-from .train import TrainResult, evaluate, train_projector
+from .train import RunResult, evaluate, train_projector
 
 
 def load_split(dataset: str, n_train: int = 600, n_test: int = 200, seed: int = 0, log=print) -> tuple[list, list]:
@@ -78,15 +78,6 @@ def featurize(cfg: ExperimentConfig, samples: list, cache: FeatureCache | None =
     tokens = cache.tokens(encoder, [s.load() for s in samples], progress=progress)  # (N, T, D_vis)
     return Features(select_tokens(tokens, encoder.has_cls, cfg.encoder.tokens),
                     text.encode([training_caption(s) for s in samples]))
-
-
-@dataclass
-class RunResult:
-    result: TrainResult
-    before: dict | None
-    after: dict | None
-    checkpoint: Path | None
-    examples: list | None = None  # caption runs: a few held-out images' true and generated captions
 
 
 def run(cfg: ExperimentConfig, dataset: str = "scenes-1obj", n_train: int = 600, n_test: int = 200,

@@ -203,7 +203,7 @@ class TrainJob:
     stop: threading.Event = field(default_factory=threading.Event)
     history: list = field(default_factory=list)
     evals: list = field(default_factory=list)
-    result: object = None  # experiment.RunResult
+    result: object = None  # train.RunResult
     error: str | None = None
     cancelled: bool = False
     stage: str = "starting"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -52,6 +53,16 @@ class TrainResult:
     steps_done: int = 0
     seconds: float = 0.0
     device: str = "cpu"
+
+
+@dataclass
+class RunResult:
+    """A whole run (experiment or caption): the training result, held-out metrics before and after, the checkpoint."""
+    result: TrainResult
+    before: dict | None
+    after: dict | None
+    checkpoint: Path | None
+    examples: list | None = None  # caption runs: a few held-out images' true and generated captions
 
 
 def embed(projector: Projector, tokens: torch.Tensor, pooling: str, batch_size: int = 256) -> torch.Tensor:

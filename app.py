@@ -3,7 +3,7 @@
     python app.py [--host 127.0.0.1] [--port 7860] [--share]
 
 Handlers never raise into Gradio: a raised error paints every output of the event with an "Error" badge (the top
-bar's Connector menu included). They return cleared outputs and one message instead (vlmviz.session.report).
+bar's Connector menu included). They return cleared outputs and one message instead (vlmviz.views.session.report).
 """
 from __future__ import annotations
 
@@ -22,13 +22,16 @@ import gradio as gr  # noqa: E402
 from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, Dinov2Model,  # noqa: E402,F401
                           LlamaForCausalLM, SiglipVisionModel, ViTModel)
 
-from vlmviz import builtins, describe, domain, explore, maps, plots, scene_connector, session, vlm_view  # noqa: E402
+from vlmviz import builtins  # noqa: E402
+from vlmviz.caption import describe  # noqa: E402
+from vlmviz.runs import scene_connector  # noqa: E402
+from vlmviz.views import domain, maps, pipeline, plots, session, vlm_view  # noqa: E402
 from vlmviz.config import CAPTION_MODES, CAPTION_TRAIN, POOLINGS, TOKEN_MODES  # noqa: E402
 from vlmviz.data import list_datasets, load_dataset, load_gallery  # noqa: E402
 from vlmviz.encoders import list_vision_encoders  # noqa: E402
 from vlmviz.losses import LOSSES  # noqa: E402
 from vlmviz.projectors import list_projectors  # noqa: E402
-from vlmviz.reduce import METHODS  # noqa: E402
+from vlmviz.views.reduce import METHODS  # noqa: E402
 from vlmviz.paths import cache_dir  # noqa: E402
 from vlmviz.search import ui as search_ui  # noqa: E402
 from vlmviz.text import list_text_spaces  # noqa: E402
@@ -129,7 +132,7 @@ def _clamp(text: str, n: int = 90) -> str:
 @contained("inspect", lambda msg: (None, [], None, gr.update(choices=[], value=None), msg))
 def inspect(image, captions, encoder, text, projector, tokens, temperature, checkpoints):
     img = session.open_upload(image)
-    pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
+    pipe = pipeline.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
     rows = pipe.rank_captions(img, captions, temperature)
     label = {r["caption"]: r["prob"] for r in rows}
     table = [[i + 1, _clamp(r["caption"]), round(r["cosine"], 3), round(r["prob"], 3),
@@ -145,7 +148,7 @@ def inspect(image, captions, encoder, text, projector, tokens, temperature, chec
 def heatmap(image, caption, encoder, text, projector, tokens, checkpoints):
     if image is None or not caption:
         return None, ""
-    pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
+    pipe = pipeline.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
     img = session.open_upload(image)
     grid, note = pipe.patch_similarity(img, caption)
     if grid is None:
@@ -158,7 +161,7 @@ def nearest_words(image, encoder, text, projector, tokens, checkpoints, lens="em
     second message. lens / layer: vlmviz.lenses, read by Pipeline.nearest_words."""
     try:
         img = session.open_upload(image)
-        pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
+        pipe = pipeline.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
     except Exception:  # noqa: BLE001 - Inspect has already said what is wrong
         return None, ""
     if lens == "embedding" and not pipe.text.has_vocab:
@@ -181,7 +184,7 @@ def follow_checkpoint(projector, checkpoints, encoder=None, text=None):
     real VLM shows its own tower and LM table and how it is composed."""
     if vlm_view.is_vlm_choice(projector):
         try:
-            pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, "all")
+            pipe = pipeline.resolve_pipeline(projector, checkpoints, encoder, text, "all")
         except Exception as err:  # noqa: BLE001
             return gr.update(), gr.update(), gr.update(), session.report(err, "opening the VLM")
         fixed = dict(interactive=False, info="set by the opened VLM")
@@ -234,7 +237,7 @@ def provenance(image, token, encoder, text, projector, tokens, checkpoints):
     message."""
     try:
         img = session.open_upload(image)
-        pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
+        pipe = pipeline.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
     except Exception:  # noqa: BLE001 - Inspect has already said what is wrong
         return None, ""
     try:
@@ -246,7 +249,7 @@ def provenance(image, token, encoder, text, projector, tokens, checkpoints):
 def pick_token(image, encoder, text, projector, tokens, checkpoints, evt: gr.SelectData):
     """A click on the heatmap or the provenance picture picks the projected token made at that place."""
     try:
-        pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
+        pipe = pipeline.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
         token = vlm_view.token_at(pipe, session.open_upload(image), *evt.index)
     except Exception:  # noqa: BLE001 - the panels already say why this connector has no places
         return gr.update()
@@ -272,9 +275,9 @@ def make_map(dataset, n, method, per_token, encoder, text, projector, tokens, ch
              progress=gr.Progress()):
     progress(0.02, desc=f"loading {dataset}")
     samples, skipped = _dataset(dataset, int(n))
-    pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
+    pipe = pipeline.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
     key = method.lower().replace("-", "")  # "t-SNE" -> tsne
-    result = explore.build_map(pipe, samples, key, per_token,
+    result = pipeline.build_map(pipe, samples, key, per_token,
                                progress=lambda d, t: progress(0.05 + 0.8 * d / max(1, t), desc="encoding images"))
     progress(0.9, desc="drawing")
     fig = plots.map_figure(result.frame, f"{pipe.label}: {method} of projected images and captions",
@@ -295,7 +298,7 @@ def make_linked_map(dataset, n, method, color, compare, encoder, text, projector
     progress(0.02, desc=f"loading {dataset}")
     samples, skipped = _dataset(dataset, int(n))
     chosen = [projector] + ([compare] if compare and compare != "none" else [])
-    pipes = [(c, explore.resolve_pipeline(c, checkpoints, encoder, text, tokens)) for c in chosen]
+    pipes = [(c, pipeline.resolve_pipeline(c, checkpoints, encoder, text, tokens)) for c in chosen]
     total = len(samples) * len(pipes)
     done = {"base": 0}
 
@@ -501,9 +504,9 @@ def compare(image, captions, a, b, encoder, text, tokens, dataset, checkpoints):
     labels, metrics = [], []
     samples, _ = _dataset(dataset, session.dataset_limit(dataset, 40))
     for choice in (a, b):
-        pipe = explore.resolve_pipeline(choice, checkpoints, encoder, text, tokens)
+        pipe = pipeline.resolve_pipeline(choice, checkpoints, encoder, text, tokens)
         labels.append({r["caption"]: r["prob"] for r in pipe.rank_captions(img, captions)})
-        metrics.append(explore.build_map(pipe, samples, "pca").metrics)
+        metrics.append(pipeline.build_map(pipe, samples, "pca").metrics)
     keys = ["N", "k", "i2t_R@1", "i2t_R@5", "t2i_R@1", "modality_gap", "alignment", "mutual_knn", "cka"]
     table = [[k, *[round(m[k], 4) if isinstance(m[k], float) else m[k] for m in metrics]] for k in keys]
     return labels[0], labels[1], table, ""
@@ -851,7 +854,7 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
     args = parser.parse_args(argv)
-    explore.warm_up_in_background()
+    pipeline.warm_up_in_background()
     demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share,
                                                    css=CSS, theme=THEME, show_error=True)
 

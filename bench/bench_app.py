@@ -40,7 +40,7 @@ def time_to_ready(port: int = 7891) -> float:
 
 def train_twice(pairs: int, steps: int = 300) -> list[tuple[float, float]]:
     """(wall, training) seconds of two identical Train-tab runs on scenes, through session.TrainJob."""
-    from vlmviz import session
+    from vlmviz.views import session
 
     out = []
     for _ in range(2):

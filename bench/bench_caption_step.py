@@ -4,7 +4,7 @@ plain matmul FLOP/s of the same machine, measured side by side in one run.
     .venv/bin/python bench/bench_caption_step.py [--family resampler] [--mode prefix|xattn] [--batch 8]
                                                  [--threads 1] [--repeats 5]
 
-What a step runs (vlmviz.captioning.VisualLM.caption_loss): the chat text before the image (P1 = 24 tokens of
+What a step runs (vlmviz.caption.model.VisualLM.caption_loss): the chat text before the image (P1 = 24 tokens of
 SmolLM2's system prompt + user header) once at batch 1 without gradient, its KV cache repeated for B images; then
 S = M visual tokens (prefix mode only) + P2 = 10 prompt tokens + L caption tokens (+ end, padded) per image through
 all 30 layers; LM-head logits only at the L + 1 scored positions.
@@ -29,9 +29,9 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vlmviz.caption_eval import CONNECTORS
-from vlmviz.captioner import build_vlm
-from vlmviz.captioning import CaptionHead
+from vlmviz.caption.evaluate import CONNECTORS
+from vlmviz.caption.captioner import build_vlm
+from vlmviz.caption.model import CaptionHead
 from vlmviz.config import CaptionConfig
 from vlmviz.data import scene_split
 from vlmviz.projectors import build_projector

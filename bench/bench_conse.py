@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vlmviz import concepts
+from vlmviz.runs import concepts
 from vlmviz.data import load_gallery
 from vlmviz.encoders import load_vision_encoder
 from vlmviz.text import load_text_space

@@ -5,7 +5,7 @@
 Token-level connectors (one projected token per patch or 2 x 2 block) on ViT-S/14 block-4 patch tokens into the
 SmolLM2-135M input space, trained with the existing trainer (InfoNCE on the mean of the projected tokens against
 the captions' token-mean vectors, held-out (color, shape) pairs for the test), plus an untrained one as control.
-For each held-out scene, each projected token on the object (vlmviz.lens_score) is read by each lens; a cell gives
+For each held-out scene, each projected token on the object (vlmviz.eval.lens_score) is read by each lens; a cell gives
 the fraction of those tokens whose top-k names the object's attribute, true / shuffled-label control.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> None:
     from vlmviz.data import scene_split
     from vlmviz.encoders import load_vision_encoder, select_tokens
     from vlmviz.features import FeatureCache
-    from vlmviz.lens_score import ATTRIBUTES, object_mask, on_object, score_readings
+    from vlmviz.eval.lens_score import ATTRIBUTES, object_mask, on_object, score_readings
     from vlmviz.lenses import ContextualLens, EmbeddingLens, LogitLens, corpus_states, default_corpus
     from vlmviz.text import load_smollm2_lm, load_text_space
 

@@ -33,7 +33,7 @@ def clustered(n: int, dim: int = 576, seed: int = 0) -> np.ndarray:
 
 
 def part_umap() -> None:
-    from vlmviz.reduce import map_2d, reduce_2d
+    from vlmviz.views.reduce import map_2d, reduce_2d
 
     t = time.perf_counter()
     reduce_2d(clustered(300, seed=9), "umap")
@@ -63,7 +63,7 @@ def part_redraw(n: int) -> None:
 
 
 def part_metrics() -> None:
-    from vlmviz.metrics import cka, mutual_knn
+    from vlmviz.eval.metrics import cka, mutual_knn
 
     for n in (10_000, 50_000):
         a = torch.from_numpy(clustered(n, 384, seed=3))

@@ -173,7 +173,7 @@ def part_quality(tmp: Path, n_train: int = 600, n_test: int = 300) -> None:
     from vlmviz.data import scene_split
     from vlmviz.data.digits import NAMES, load_digits_dataset
     from vlmviz.encoders import load_vision_encoder
-    from vlmviz.scene_connector import ENCODER, TEXT, TOKENS, pooled_features
+    from vlmviz.runs.scene_connector import ENCODER, TEXT, TOKENS, pooled_features
     from vlmviz.search import SearchIndex
     from vlmviz.search.evaluate import index_scores
     from vlmviz.text import load_text_space

@@ -25,7 +25,7 @@ fi
 # once, then skipped while the installed requirements and the files holding their recipes are unchanged and the
 # checkpoints are still in the cache ($VLMVIZ_CACHE/connectors, where the app and the tests read them).
 cstamp=.venv/.vlmviz-connectors
-cwant=$({ cat "$stamp" vlmviz/builtins.py vlmviz/concepts.py vlmviz/scene_connector.py; echo "${VLMVIZ_CACHE:-}"; } \
+cwant=$({ cat "$stamp" vlmviz/builtins.py vlmviz/runs/concepts.py vlmviz/runs/scene_connector.py; echo "${VLMVIZ_CACHE:-}"; } \
         | sha1sum | cut -d' ' -f1)
 connectors_built() {  # the stamp matches and every checkpoint it lists is still there
   [ "$(head -n 1 "$cstamp" 2>/dev/null)" = "$cwant" ] || return 1

@@ -2,7 +2,7 @@
 seeds averaged with their spread, the time budget obeyed, open-set facts (N, candidates, collisions) stated."""
 import pytest
 
-from vlmviz.ablate import run_ablation
+from vlmviz.runs.ablate import run_ablation
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,8 @@ def test_unknown_family_is_named():
 def test_two_object_scenes_keep_the_grid_and_train_on_canonical_statements():
     """Relations need where things are (cls+maxgrid) and one phrasing per fact: with captions='auto' the training
     targets are the canonical statements, with 'drawn' the captions as drawn, some of them converse phrasings."""
-    from vlmviz.ablate import prepare
-    from vlmviz.openset import target_caption
+    from vlmviz.runs.ablate import prepare
+    from vlmviz.eval.openset import target_caption
     from vlmviz.text import load_text_space
 
     two = run_ablation("vit-s14", "minilm-l6", ["linear"], steps=3, batch_size=16, n_train=40, n_test=10,
@@ -60,9 +60,9 @@ def test_two_object_scenes_keep_the_grid_and_train_on_canonical_statements():
 def test_hard_negatives_are_each_scenes_own_twins_naming_only_seen_pairs():
     """NegCLIP-style hard negatives: a scene's color-swapped and role-swapped twins, kept only where every
     (color, shape) pair they name is seen in training, so held-out pairs never enter training as mere negatives."""
-    from vlmviz.ablate import prepare
+    from vlmviz.runs.ablate import prepare
     from vlmviz.data.scenes import held_out_combos
-    from vlmviz.openset import _pairs, hard_negative_captions
+    from vlmviz.eval.openset import _pairs, hard_negative_captions
     from vlmviz.text import load_text_space
 
     _, _, data = prepare("vit-s14", "minilm-l6", n_train=40, n_test=10, dataset="scenes-2obj", hard_negatives=True)
@@ -86,7 +86,7 @@ def test_hard_negatives_are_each_scenes_own_twins_naming_only_seen_pairs():
 
 
 def test_attnpool_reads_the_cells_as_tokens():
-    from vlmviz.ablate import token_mode
+    from vlmviz.runs.ablate import token_mode
 
     assert token_mode("attnpool", True, "scenes-2obj") == "cls+cells" and token_mode("attnpool", False) == "patch"
     table = run_ablation("vit-s14", "minilm-l6", ["attnpool"], steps=3, batch_size=16, n_train=40, n_test=10,

@@ -146,7 +146,7 @@ def test_describe_needs_a_caption_connector_then_describes(app_url, tmp_path):
     import torch
     from gradio_client import Client, handle_file
 
-    from vlmviz.captioner import build_vlm, save_captioner
+    from vlmviz.caption.captioner import build_vlm, save_captioner
     from vlmviz.checkpoints import save_checkpoint
     from vlmviz.data import load_gallery
     from vlmviz.projectors import build_projector
@@ -186,7 +186,7 @@ def test_two_runs_get_unique_labels_files_named_like_them_and_the_new_one_select
     the finished run is the one the Connector menu now shows."""
     import os
 
-    from vlmviz.session import slug
+    from vlmviz.views.session import slug
 
     import app
 

@@ -178,7 +178,7 @@ def test_cancel_during_encoding_says_so_and_keeps_no_checkpoint(page, tmp_path):
 
 
 def test_cancel_during_training_keeps_the_partial_run_selected_and_labelled(page, artifacts):
-    from vlmviz.session import slug
+    from vlmviz.views.session import slug
 
     pg = page
     pg.get_by_role("tab", name="Train").click()

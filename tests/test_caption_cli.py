@@ -5,7 +5,7 @@ import json
 from types import SimpleNamespace
 
 from vlmviz.__main__ import main
-from vlmviz.captioning import attribute_hits
+from vlmviz.caption.model import attribute_hits
 from vlmviz.checkpoints import read_config
 
 
@@ -83,7 +83,7 @@ def test_attribute_hits_know_sizes():
 
 
 def test_caption_eval_on_a_tiny_lm(tmp_path, tiny_lm_dir):
-    from vlmviz.caption_eval import best_constant, run_caption_eval, score
+    from vlmviz.caption.evaluate import best_constant, run_caption_eval, score
     from vlmviz.data import scene_split
 
     logs = []

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vlmviz.captioner import build_vlm, load_caption_lm, load_captioner, save_captioner
+from vlmviz.caption.captioner import build_vlm, load_caption_lm, load_captioner, save_captioner
 from vlmviz.checkpoints import CheckpointError, read_config, save_checkpoint
 from vlmviz.config import CaptionConfig
 from vlmviz.projectors import build_projector

@@ -5,7 +5,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from vlmviz.captioning import CaptionHead, VisualLM, attribute_hits
+from vlmviz.caption.model import CaptionHead, VisualLM, attribute_hits
 from vlmviz.config import TrainConfig
 from vlmviz.projectors import build_projector
 from vlmviz.train import train_projector

@@ -45,7 +45,7 @@ def test_train_reports_recall_against_distinct_captions(trained):
 
 def test_eval_reuses_the_checkpoints_split_and_warns_when_asked_for_another(trained, folders):
     from vlmviz.checkpoints import read_config
-    from vlmviz.experiment import split_digest, load_split
+    from vlmviz.runs.experiment import split_digest, load_split
 
     ck, _ = trained
     recorded = read_config(ck)["split"]
@@ -129,7 +129,7 @@ class _Hostile:
 def test_ablate_takes_a_folder(folders, tmp_path):
     proc = vlmviz("ablate", "--help")
     assert "imagefolder path" in proc.stdout
-    from vlmviz.ablate import run_ablation
+    from vlmviz.runs.ablate import run_ablation
 
     table = run_ablation("vit-s14", "minilm-l6", ["linear"], steps=3, batch_size=16, n_train=60, n_test=20,
                          dataset=str(folders[0]), log=lambda *_: None)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from vlmviz import concepts
+from vlmviz.runs import concepts
 from vlmviz.checkpoints import load_checkpoint, read_config
 from vlmviz.data import load_gallery
 from vlmviz.encoders import load_vision_encoder
-from vlmviz.explore import resolve_pipeline
+from vlmviz.views.pipeline import resolve_pipeline
 from vlmviz.projectors import build_projector
 
 pytestmark = pytest.mark.slow

@@ -197,7 +197,7 @@ def test_three_object_and_counted_scenes_state_what_they_draw():
 
 
 def test_connectors_train_on_canonical_statements_only_where_a_relation_is_stated():
-    from vlmviz.openset import training_caption
+    from vlmviz.eval.openset import training_caption
 
     one = make_scenes(10, seed=2)
     assert [training_caption(s) for s in one] == [s.caption for s in one]  # templates kept: "a photo of ..."

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from vlmviz.data import load_gallery
-from vlmviz.explore import Pipeline, build_map, get_pipeline
+from vlmviz.views.pipeline import Pipeline, build_map, get_pipeline
 
 
 @pytest.fixture(scope="module")

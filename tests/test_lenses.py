@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlmviz.lens_score import derangement, names, object_mask, on_object, score_readings
+from vlmviz.eval.lens_score import derangement, names, object_mask, on_object, score_readings
 from vlmviz.lenses import ContextualLens, EmbeddingLens, LogitLens, build_lens, corpus_states
 
 SENTENCES = ["a small red circle on the left", "a large blue square at the top", "there is a green star",
@@ -169,7 +169,7 @@ def test_scoring_counts_on_object_tokens_and_the_shuffled_control_removes_a_cons
 def test_pipeline_reads_its_token_grid_through_each_lens(tiny_lm_dir, lm, tmp_path, monkeypatch):
     from PIL import Image
 
-    from vlmviz.explore import Pipeline
+    from vlmviz.views.pipeline import Pipeline
     from vlmviz.lenses import lens_for
     from vlmviz.projectors import build_projector
     from vlmviz.text import load_text_space

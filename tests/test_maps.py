@@ -1,4 +1,4 @@
-"""Maps at scale (vlmviz.maps, reduce.map_2d): fitted once and kept on disk, sampled fits with the rest placed,
+"""Maps at scale (vlmviz.views.maps, reduce.map_2d): fitted once and kept on disk, sampled fits with the rest placed,
 two connectors linked in one HTML file that a real browser (Debian chromium) opens, hovers, selects and pans."""
 import json
 import shutil
@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from vlmviz.data.base import Sample
-from vlmviz.maps import ConnectorMap, write_html
-from vlmviz.reduce import map_2d, place
+from vlmviz.views.maps import ConnectorMap, write_html
+from vlmviz.views.reduce import map_2d, place
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run",
@@ -142,7 +142,7 @@ def test_a_50k_point_map_stays_responsive_while_panning(tmp_path, artifacts):
 
 
 def test_pca_of_many_points_matches_the_full_svd():
-    from vlmviz.reduce import _pca
+    from vlmviz.views.reduce import _pca
 
     rng = np.random.default_rng(3)
     scale = np.concatenate([[5.0, 3.0], np.linspace(1.0, 0.5, 22)])  # two leading directions, then the rest
@@ -160,7 +160,7 @@ def test_second_connector_placed_on_the_first_map(tmp_path):
 
     from vlmviz import Pipeline
     from vlmviz.data import load_dataset
-    from vlmviz.maps import connector_maps
+    from vlmviz.views.maps import connector_maps
 
     samples = load_dataset("gallery").samples
     pipe = Pipeline.build(encoder="efficientnet-lite0", text="minilm-l6", projector="linear", tokens="mean")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlmviz import losses, metrics
+from vlmviz import losses
+from vlmviz.eval import metrics
 
 
 def unit(x):

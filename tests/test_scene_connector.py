@@ -6,11 +6,12 @@ seeded build on deterministic models (BENCHMARKS.md, "The built-in scenes connec
 """
 import pytest
 
-from vlmviz import builtins, scene_connector
+from vlmviz import builtins
+from vlmviz.runs import scene_connector
 from vlmviz.checkpoints import read_config
 from vlmviz.data import load_gallery
-from vlmviz.domain import choice_note, domain_note
-from vlmviz.explore import Pipeline, resolve_pipeline
+from vlmviz.views.domain import choice_note, domain_note
+from vlmviz.views.pipeline import Pipeline, resolve_pipeline
 from vlmviz.projectors import build_projector
 
 MEASURED_R1 = 0.980  # the build's held-out open-set R@1 on this recipe (BENCHMARKS.md); 0.988 on 4000 scenes
@@ -94,7 +95,7 @@ def test_domain_note_on_real_pipelines(scenes_pipe):
 def test_image_source_is_read_from_the_file_not_its_path(tmp_path):
     import shutil
 
-    from vlmviz.domain import image_source
+    from vlmviz.views.domain import image_source
 
     photo, scene = load_gallery()[0].path, scene_connector.scenes_gallery()[0].path
     assert image_source(str(photo)) == "photo" and image_source(scene) == "scene"

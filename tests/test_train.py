@@ -130,7 +130,7 @@ def test_hard_negatives_are_checked_and_change_training():
 def test_least_squares_is_scale_free_and_its_ridge_is_chosen_on_held_out_pairs():
     """The old ridge (lambda N I on raw features) depended on feature scale: a few huge dimensions, as DINOv2 has,
     made it shrink every other direction to nothing. Standardised, the fit is the same whatever the scale."""
-    from vlmviz.metrics import retrieval_metrics
+    from vlmviz.eval.metrics import retrieval_metrics
     from vlmviz.train import choose_ridge
 
     torch.manual_seed(0)

@@ -215,8 +215,8 @@ def test_readme_vlm_example_runs(saved, monkeypatch):
 ])
 def test_patch_provenance_is_the_connectors_own_block(kind, token, block, saved):
     """Which source patches feed a projected token, read off the connector's gradient: exactly its merge block."""
-    from vlmviz.explore import Pipeline
-    from vlmviz.provenance import patch_provenance, token_at
+    from vlmviz.views.pipeline import Pipeline
+    from vlmviz.views.provenance import patch_provenance, token_at
 
     _, folder = saved(kind)
     pipe = Pipeline.from_vlm(folder)
@@ -236,9 +236,9 @@ def test_patch_provenance_is_the_connectors_own_block(kind, token, block, saved)
 
 
 def test_learned_queries_show_their_attention_and_a_click_picks_the_query_there(saved):
-    from vlmviz.explore import Pipeline
+    from vlmviz.views.pipeline import Pipeline
     from vlmviz.projectors import build_projector
-    from vlmviz.provenance import patch_provenance, token_at
+    from vlmviz.views.provenance import patch_provenance, token_at
 
     _, folder = saved("qwen2_vl")
     vlm = Pipeline.from_vlm(folder)
@@ -254,7 +254,7 @@ def test_learned_queries_show_their_attention_and_a_click_picks_the_query_there(
 
 
 def test_app_picker_lists_cached_vlms_and_says_what_is_wrong(saved, tmp_path):
-    from vlmviz import vlm_view
+    from vlmviz.views import vlm_view
 
     for repo, kind in (("org--tiny-qwen", "qwen2_vl"), ("org--clip", "clip_vision_model"), ("org--gone", None)):
         snap = tmp_path / "hub" / f"models--{repo}" / "snapshots" / "abc123"

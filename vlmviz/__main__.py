@@ -52,7 +52,7 @@ def _warn(message: str) -> None:
 def cmd_embed(args):
     from .data import SCENES, load_dataset
     from .encoders import load_vision_encoder
-    from .experiment import load_split
+    from .runs.experiment import load_split
     from .features import FeatureCache
 
     encoder = load_vision_encoder(args.encoder)
@@ -115,7 +115,7 @@ def _experiment(args) -> ExperimentConfig:
 def cmd_train(args):
     from tqdm.auto import tqdm
 
-    from .experiment import check_training_set, run
+    from .runs.experiment import check_training_set, run
 
     cfg = _experiment(args)
     check_training_set(cfg, args.dataset)
@@ -165,7 +165,7 @@ def _eval_split(args, ck: dict, dataset: str):
     """The pairs to score and what they are. 'test': the checkpoint's own held-out split (its recorded seed and
     sizes, so no training image is scored); 'all': every usable row (another folder than the training one)."""
     from .data import SCENES, load_dataset
-    from .experiment import split_digest, load_split
+    from .runs.experiment import split_digest, load_split
 
     recorded = ck.get("split") or {}
     trained_on = recorded.get("dataset", ck.get("dataset"))
@@ -212,8 +212,8 @@ def cmd_eval(args):
     from .checkpoints import load_checkpoint, read_config
     from .data import SCENES
     from .encoders import load_vision_encoder, token_dim
-    from .experiment import featurize
-    from .openset import ATTRIBUTES, candidate_set, metadata_attributes, open_set_report
+    from .runs.experiment import featurize
+    from .eval.openset import ATTRIBUTES, candidate_set, metadata_attributes, open_set_report
     from .text import load_text_space
     from .train import embed, evaluate
 
@@ -268,7 +268,7 @@ def cmd_import(args):
 def cmd_ablate(args):
     import pandas as pd
 
-    from .ablate import run_ablation
+    from .runs.ablate import run_ablation
 
     tables = []
     for enc in args.encoder:
@@ -298,7 +298,7 @@ def cmd_ablate(args):
 
 
 def cmd_describe(args):
-    from .captioner import BUNDLED_LM, build_vlm, caption_config, load_captioner
+    from .caption.captioner import BUNDLED_LM, build_vlm, caption_config, load_captioner
 
     gen = {"max_new_tokens": args.max_new_tokens, "sample": args.sample, "temperature": args.temperature,
            "top_p": args.top_p, "seed": args.seed}
@@ -317,7 +317,7 @@ def cmd_describe(args):
 
 
 def cmd_caption_eval(args):
-    from .caption_eval import run_caption_eval
+    from .caption.evaluate import run_caption_eval
 
     run_caption_eval(connectors=args.connector, modes=args.mode, steps=args.steps, batch_size=args.batch_size,
                      lr=args.lr, n_train=args.n_train, n_test=args.n_test, lm=args.lm, encoder=args.encoder,
@@ -327,7 +327,7 @@ def cmd_caption_eval(args):
 
 def cmd_inspect(args):
     """A real VLM's connector on images: its composition, then each image's projected tokens and nearest words."""
-    from .explore import Pipeline
+    from .views.pipeline import Pipeline
 
     if not args.vlm:
         raise ValueError("inspect needs --vlm PATH: the folder (or cached Hugging Face id) of a saved VLM")
@@ -346,7 +346,7 @@ def cmd_inspect(args):
 
 
 def cmd_lesson(args):
-    from .lesson import run_lesson
+    from .runs.lesson import run_lesson
 
     run_lesson(real=args.real, steps=args.steps, log=print)
 
@@ -500,7 +500,7 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("caption-eval", help="held-out attribute accuracy of generated captions per connector")
     p.add_argument("--connector", nargs="+", default=None, help="connectors (default: resampler pixel_shuffle "
-                   "linear-pooled); see vlmviz.caption_eval.CONNECTORS")
+                   "linear-pooled); see vlmviz.caption.evaluate.CONNECTORS")
     p.add_argument("--mode", nargs="+", choices=CAPTION_MODES, default=list(CAPTION_MODES))
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=8)
@@ -519,7 +519,7 @@ def main(argv=None) -> int:
     from .search.cli import add_parsers as add_search_parsers
 
     add_search_parsers(sub)  # index, search
-    from .maps import add_parser as add_map_parser
+    from .views.maps import add_parser as add_map_parser
 
     add_map_parser(sub)
 

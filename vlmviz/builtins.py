@@ -2,7 +2,7 @@
 
 Each one is a checkpoint like any other (vlmviz.checkpoints), whose config also records what it was trained on,
 its recipe, its measured held-out figures and its `domain` (what kind of image its ranking means something on,
-read by vlmviz.domain). The file name carries a hash of the recipe and of the models it was made from, so a change
+read by vlmviz.views.domain). The file name carries a hash of the recipe and of the models it was made from, so a change
 to either builds a new one instead of reusing a stale file. They live under `$VLMVIZ_CACHE/connectors`, the folder
 scripts/setup.sh fills and the app and the tests read (VLMVIZ_FEATURES moves only the token cache, not these).
 
@@ -28,31 +28,31 @@ SCENES_LOWRANK = "scenes (low-rank, ViT-S/14 block 4)"
 @dataclass(frozen=True)
 class BuiltIn:
     stem: str  # file name prefix
-    domain: str  # "photos" or "scenes": what vlmviz.domain compares the image source against
+    domain: str  # "photos" or "scenes": what vlmviz.views.domain compares the image source against
     key: Callable[[], list]  # what the checkpoint depends on (recipe, model ids); hashed into the file name
     build: Callable[[Path, str], Path]  # build(path, label) writes the checkpoint at path
 
 
 def _photo_key() -> list:
-    from . import concepts
+    from .runs import concepts
 
     return concepts.build_key()
 
 
 def _photo_build(path: Path, label: str) -> Path:
-    from . import concepts
+    from .runs import concepts
 
     return concepts.build_photo_checkpoint(path, label)
 
 
 def _scenes_key() -> list:
-    from . import scene_connector
+    from .runs import scene_connector
 
     return scene_connector.build_key()
 
 
 def _scenes_build(path: Path, label: str) -> Path:
-    from . import scene_connector
+    from .runs import scene_connector
 
     return scene_connector.build_checkpoint(path, label)
 
@@ -89,7 +89,7 @@ def is_built(label: str, folder: str | Path | None = None) -> bool:
 def built_in_note(label: str) -> str:
     """What the UI says about a built-in (issue 14): what it was trained on, its held-out figures, its recipe."""
     from .checkpoints import read_config
-    from .domain import held_out_figure
+    from .views.domain import held_out_figure
 
     config = read_config(built_in_checkpoint(label))
     recipe = ", ".join(f"{k} {v}" for k, v in config.get("recipe", {}).items())
@@ -98,7 +98,7 @@ def built_in_note(label: str) -> str:
 
 
 def fitting_built_in(choice: str, source: str) -> str:
-    """The built-in made for `source` ('photo' or 'scene', vlmviz.domain) when `choice` is a built-in, so that
+    """The built-in made for `source` ('photo' or 'scene', vlmviz.views.domain) when `choice` is a built-in, so that
     picking a scene swaps the photo connector for the scenes one and back; any other choice (the user's own
     checkpoint, an untrained family) stays chosen."""
     domain = {"photo": "photos", "scene": "scenes"}.get(source)

@@ -18,7 +18,7 @@ import torch
 
 from .config import TrainConfig
 from .losses import LossHead
-from .metrics import alignment_report, retrieval_metrics
+from .eval.metrics import alignment_report, retrieval_metrics
 from .projectors import Projector
 from .tokens import pool_tokens
 

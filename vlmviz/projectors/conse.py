@@ -8,7 +8,7 @@ own ConSE vector (what that patch looks like), and one image-level vector goes f
   image_pool="max":  per class, the highest probability any token gives it (multiple-instance view: the image
                      shows a concept if some patch does; keeps small objects the global average dilutes);
   image_pool="head": the softmax of the mean logits, i.e. the network's own image prediction (classic ConSE).
-Untrained (random head and class table) it is chance; vlmviz.concepts fills both from the bundled models.
+Untrained (random head and class table) it is chance; vlmviz.runs.concepts fills both from the bundled models.
 
 Legend: B batch, N tokens, M = 1 + N outputs, C classes, k top classes kept, D_vis / D_txt widths.
 """

@@ -75,7 +75,7 @@ def resolve_connector(spec: str | None):
     """(Pipeline, identity) of a connector named on the command line: 'photo' or 'scenes' (the built-ins), a
     built-in's full label, or a checkpoint file. The identity (file sha1 and the models) is what an index records."""
     from ..builtins import BUILT_IN, PHOTO_CONSE, SCENES_LOWRANK, built_in_checkpoint
-    from ..explore import get_checkpoint_pipeline
+    from ..views.pipeline import get_checkpoint_pipeline
 
     if isinstance(spec, str) and spec.startswith("vlm:"):
         return _vlm_connector(spec)
@@ -98,7 +98,7 @@ def resolve_connector(spec: str | None):
 def _vlm_connector(spec: str):
     """A real VLM's own tower and connector (vlmviz.vlms) from a saved folder: 'vlm:PATH'. Its identity hashes the
     config and the weight files' names, sizes and mtimes (hashing gigabytes of weights on every query would not do)."""
-    from ..explore import Pipeline
+    from ..views.pipeline import Pipeline
 
     folder = Path(spec[len("vlm:"):]).expanduser()
     if not (folder / "config.json").is_file():

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import save_checkpoint
-from .config import TrainConfig
-from .data import scene_split
-from .encoders import load_vision_encoder, select_tokens
-from .openset import ATTRIBUTES, caption_groups, candidate_set, open_set_report, training_caption
-from .projectors import build_projector
-from .text import load_text_space
-from .train import embed, train_projector
+from ..checkpoints import save_checkpoint
+from ..config import TrainConfig
+from ..data import scene_split
+from ..encoders import load_vision_encoder, select_tokens
+from ..eval.openset import ATTRIBUTES, caption_groups, candidate_set, open_set_report, training_caption
+from ..projectors import build_projector
+from ..text import load_text_space
+from ..train import embed, train_projector
 
 ENCODER, TOKENS, TEXT, DATASET = "vit-s14@4", "cls+mean+max", "smollm2-135m", "scenes-1obj"
 N_TRAIN, N_TEST, SEED = 1500, 200, 0
@@ -91,9 +91,9 @@ def scenes_gallery(n: int = 6, distractors: int = 5) -> list:
     """A few held-out scenes (those the connector was scored on) for the app's scenes gallery, each a GalleryItem
     with a PNG path, its caption and distractors: its color-swapped twin first (the hard negative), then the
     captions of other held-out scenes. One scene per held-out (color, shape) pair, in test-split order."""
-    from .checkpoints import atomic_write
-    from .data.gallery import GalleryItem
-    from .openset import target_caption
+    from ..checkpoints import atomic_write
+    from ..data.gallery import GalleryItem
+    from ..eval.openset import target_caption
 
     _, test = scene_split(1, 8 * n, seed=SEED)  # the test split's first scenes: the same images at any n_train
     picked, seen = [], set()

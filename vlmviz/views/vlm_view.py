@@ -11,8 +11,8 @@ import os
 import threading
 from pathlib import Path
 
-from .explore import VLM_PREFIX, get_vlm_pipeline
-from .vlms import SUPPORTED
+from .pipeline import VLM_PREFIX, get_vlm_pipeline
+from ..vlms import SUPPORTED
 
 NOT_RUN = ("the LM's layers are not run: vlmviz reads only its input-embedding table, the space the connector "
            "writes into")
@@ -134,7 +134,7 @@ def provenance_view(pipe, image, token):
 
 
 def token_at(pipe, image, x: float, y: float):
-    """The projected token made at pixel (x, y) of the heatmap or provenance picture (vlmviz.provenance.token_at)."""
+    """The projected token made at pixel (x, y) of the heatmap or provenance picture (vlmviz.views.provenance.token_at)."""
     from .provenance import SHOWN_AT, token_at as at
 
     return at(pipe, image, x, y, SHOWN_AT)

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from .captioner import Captioner, load_captioner
-from .checkpoints import read_config
+from ..checkpoints import read_config
 
 HOW_TO = ("Describing needs a connector trained with the caption objective (LLaVA stage 1: the connector learns "
           "through the frozen SmolLM2's next-token loss). Make one in the Train tab: loss 'caption' (pooling 'none', "

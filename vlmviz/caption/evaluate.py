@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from .caption_train import held_out_loss
+from .train import held_out_loss
 from .captioner import build_vlm, lm_name, load_captioner, save_captioner
-from .captioning import CaptionHead, attribute_hits, names_one_object
-from .config import CaptionConfig, TrainConfig
-from .encoders import load_vision_encoder, select_tokens, token_dim
-from .features import FeatureCache
-from .projectors import build_projector
-from .train import train_projector
+from .model import CaptionHead, attribute_hits, names_one_object
+from ..config import CaptionConfig, TrainConfig
+from ..encoders import load_vision_encoder, select_tokens, token_dim
+from ..features import FeatureCache
+from ..projectors import build_projector
+from ..train import train_projector
 
 # name: (family, token selection, options); 8, 16 and 1 visual tokens (9 for the C-Abstractor)
 CONNECTORS = {
@@ -105,7 +105,7 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
     and writes caption_eval.csv / .md and examples.jsonl to out_dir."""
     import pandas as pd
 
-    from .data import scene_split
+    from ..data import scene_split
 
     if threads:
         torch.set_num_threads(threads)

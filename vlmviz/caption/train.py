@@ -13,12 +13,12 @@ from typing import Sequence
 import torch
 
 from .captioner import build_vlm, save_captioner
-from .captioning import CaptionHead, VisualLM
-from .config import ExperimentConfig
-from .encoders import load_vision_encoder, select_tokens, token_dim
-from .features import FeatureCache
-from .projectors import Projector, build_projector
-from .train import RunResult, train_projector
+from .model import CaptionHead, VisualLM
+from ..config import ExperimentConfig
+from ..encoders import load_vision_encoder, select_tokens, token_dim
+from ..features import FeatureCache
+from ..projectors import Projector, build_projector
+from ..train import RunResult, train_projector
 
 EVAL_IMAGES = 16  # held-out images scored by the caption loss before and after: a few seconds through SmolLM2
 

@@ -110,8 +110,8 @@ def map_2d(points, method: str = "pca", seed: int = 0, max_fit: int | None = -1,
            ) -> tuple[np.ndarray, str]:
     """(N, D) -> ((N, 2), note): reduce_2d for any N, fitted once and kept on disk. max_fit -1: the method's
     default (MAX_FIT); None: fit every point. The note says what was fitted and what was placed."""
-    from .checkpoints import atomic_write
-    from .paths import cache_dir
+    from ..checkpoints import atomic_write
+    from ..paths import cache_dir
 
     x = _points(points, method)
     max_fit = MAX_FIT[method] if max_fit == -1 else max_fit

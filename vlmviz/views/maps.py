@@ -1,12 +1,12 @@
 """Maps at the scale of a dataset: 10k-100k projected images beside their captions, one or two connectors linked.
 
-    from vlmviz.maps import connector_maps, write_html
+    from vlmviz.views.maps import connector_maps, write_html
     maps = connector_maps(["scenes", "untrained.safetensors"], samples, method="umap")
     write_html(maps, "map.html", color="color")
 
 Images go through the feature cache in blocks (never every token of every image in memory at once), each
 connector's pooled vectors and the distinct captions are mapped together (unit-normalised, so the modality gap shows
-as distance) by vlmviz.reduce.map_2d, fitted once and kept on disk. The HTML is a WebGL scatter (plotly
+as distance) by vlmviz.views.reduce.map_2d, fitted once and kept on disk. The HTML is a WebGL scatter (plotly
 `scattergl`) per connector, side by side: hover shows the caption and a thumbnail, a box or lasso selection in one
 map highlights the same images in the other and lists them, a button swaps points for a density view.
 """
@@ -48,8 +48,8 @@ _POOLED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # projector 
 def pooled_vectors(pipe, samples: Sequence, progress=None) -> np.ndarray:
     """(N, D_txt) unit pooled projected vectors, BLOCK images at a time through the feature cache; the same
     images through the same connector again come from memory (a second draw reads no tokens)."""
-    from .features import FeatureCache, image_hash
-    from .tokens import pool_tokens
+    from ..features import FeatureCache, image_hash
+    from ..tokens import pool_tokens
 
     keys = [image_hash(s.load()) for s in samples]
     with torch.no_grad():  # the weights' fingerprint: a projector trained in place since is not served stale
@@ -76,7 +76,7 @@ def pooled_vectors(pipe, samples: Sequence, progress=None) -> np.ndarray:
 def scale_metrics(img: np.ndarray, txt: np.ndarray, k: int = 10, seed: int = 0) -> dict:
     """Geometry on every pair (gap, alignment, mutual kNN, CKA: no N x N matrix) and recall / uniformity on a seeded
     sample of METRIC_PAIRS pairs when there are more (both need all pairs of the sample); N and k stated."""
-    from .metrics import alignment, alignment_report, caption_ids, cka, modality_gap, mutual_knn
+    from ..eval.metrics import alignment, alignment_report, caption_ids, cka, modality_gap, mutual_knn
 
     a, b = torch.from_numpy(img), torch.from_numpy(txt)
     n = len(a)
@@ -97,7 +97,7 @@ def connector_maps(connectors: Sequence, samples: Sequence, method: str = "umap"
     of the first fit), so the layout stays and what moves is the connector (before vs after training); both must
     share a text space."""
     from .reduce import map_2d, place
-    from .search.index import resolve_connector
+    from ..search.index import resolve_connector
 
     if len(samples) < 3:
         raise ValueError(f"a map needs at least 3 image-caption pairs, got {len(samples)}")
@@ -245,7 +245,7 @@ gd.on('plotly_selected', link);
 
 def write_html(maps: list[ConnectorMap], samples: Sequence, out: str | Path, color: str | None = None) -> Path:
     """One self-contained HTML file (plotly.js inlined: it opens offline) with the linked maps."""
-    from .checkpoints import atomic_write
+    from ..checkpoints import atomic_write
 
     fig = figure(maps, samples, color)
     trace_ids = [np.asarray(t.customdata).tolist() if t.meta == "images" else None for t in fig.data]
@@ -267,7 +267,7 @@ def cmd_map(args) -> None:
     """`python -m vlmviz map`: a dataset mapped through one or two connectors into an HTML file."""
     from tqdm.auto import tqdm
 
-    from .data import load_dataset
+    from ..data import load_dataset
 
     if args.n is not None and args.n < 3:
         raise ValueError(f"--n must be at least 3, got {args.n}")

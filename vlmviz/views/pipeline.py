@@ -19,12 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .encoders import load_vision_encoder, select_tokens, token_dim
-from .features import FeatureCache, image_hash
-from .images import load_image
-from .projectors import Projector, build_projector
-from .text import load_text_space
-from .tokens import pool_tokens
+from ..encoders import load_vision_encoder, select_tokens, token_dim
+from ..features import FeatureCache, image_hash
+from ..images import load_image
+from ..projectors import Projector, build_projector
+from ..text import load_text_space
+from ..tokens import pool_tokens
 
 MAX_CAPTIONS = 10_000
 
@@ -91,7 +91,7 @@ class Pipeline:
     def from_checkpoint(cls, path: str | Path, encoder: str | None = None, text: str | None = None) -> "Pipeline":
         """A trained or imported projector between the encoder and text space its checkpoint names (or the ones
         given); every dimension is checked and a mismatch says what was expected versus found."""
-        from .checkpoints import load_checkpoint, read_config
+        from ..checkpoints import load_checkpoint, read_config
 
         config = read_config(path)
         encoder, text = encoder or config.get("encoder") or "vit-s14", text or config.get("text") or "smollm2-135m"
@@ -104,7 +104,7 @@ class Pipeline:
     def from_vlm(cls, path: str | Path, image_size: int | None = None) -> "Pipeline":
         """A real VLM's own tower, connector and LM embedding table (vlmviz/vlms), composed as the model composes
         them: every token the tower hands the connector ("all"), the connector's tokens as the LM would get them."""
-        from .vlms import open_vlm
+        from ..vlms import open_vlm
 
         vlm = open_vlm(path, image_size=image_size)
         info = {"vlm": vlm.summary(), "source": vlm.source}
@@ -207,7 +207,7 @@ class Pipeline:
             rows = self.text.nearest_tokens(projected, k)
             words = [" / ".join(w.strip() or repr(w) for w, _ in near) for near in rows]
         else:
-            from .lenses import lens_for
+            from ..lenses import lens_for
 
             words = [" / ".join(row) for row in lens_for(self.text, lens, layer).read(projected, k)]
         through = f"; {lens} lens at layer {layer}" if lens != "embedding" else ""  # the default note unchanged
@@ -290,7 +290,7 @@ def build_map(pipeline: Pipeline, samples: Sequence, method: str = "pca", per_to
     `max_tokens_per_image` projected tokens per image instead of one pooled point."""
     import pandas as pd
 
-    from .metrics import alignment_report
+    from ..eval.metrics import alignment_report
     from .reduce import reduce_2d
 
     if len(samples) < 3:
@@ -372,7 +372,7 @@ def resolve_pipeline(choice: str, checkpoints: dict, encoder: str, text: str, to
         return get_checkpoint_pipeline(checkpoints[choice])
     if choice.startswith(VLM_PREFIX):
         return get_vlm_pipeline(choice.removeprefix(VLM_PREFIX))
-    from .builtins import BUILT_IN, built_in_checkpoint  # lazily: the builders make their pipelines with this module
+    from ..builtins import BUILT_IN, built_in_checkpoint  # lazily: the builders make their pipelines with this module
 
     if choice in BUILT_IN:
         return get_checkpoint_pipeline(built_in_checkpoint(choice))

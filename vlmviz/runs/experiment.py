@@ -9,20 +9,20 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import save_checkpoint
-from .config import ExperimentConfig
-from .encoders import load_vision_encoder, select_tokens, token_dim
-from .features import FeatureCache
-from .openset import caption_groups, embed_hard_negatives, training_caption
-from .projectors import build_projector
-from .text import load_text_space
-from .train import RunResult, evaluate, train_projector
+from ..checkpoints import save_checkpoint
+from ..config import ExperimentConfig
+from ..encoders import load_vision_encoder, select_tokens, token_dim
+from ..features import FeatureCache
+from ..eval.openset import caption_groups, embed_hard_negatives, training_caption
+from ..projectors import build_projector
+from ..text import load_text_space
+from ..train import RunResult, evaluate, train_projector
 
 
 def load_split(dataset: str, n_train: int = 600, n_test: int = 200, seed: int = 0, log=print) -> tuple[list, list]:
     """Synthetic scenes split by held-out attribute combinations; any other dataset by a seeded random split.
     A folder's test split is at most a fifth of it (at least 2 pairs), and a cut is said, never silent."""
-    from .data import SCENES, load_dataset, scene_split
+    from ..data import SCENES, load_dataset, scene_split
 
     for name, value in (("n_train", n_train), ("n_test", n_test)):
         if not isinstance(value, int) or value < 1:
@@ -59,7 +59,7 @@ def split_record(dataset: str, n_train: int, n_test: int, seed: int, train: list
 
 def check_training_set(cfg: ExperimentConfig, dataset: str) -> None:
     """What can be refused before any image is encoded."""
-    from .data import SCENES
+    from ..data import SCENES
 
     if cfg.train.hard_negatives and dataset not in SCENES:
         raise ValueError(f"hard negatives are the color- and role-swapped twins that the synthetic scene sets "
@@ -87,7 +87,7 @@ def run(cfg: ExperimentConfig, dataset: str = "scenes-1obj", n_train: int = 600,
     train, test = load_split(dataset, n_train, n_test, cfg.train.seed)
     split = split_record(dataset, n_train, n_test, cfg.train.seed, train, test)
     if cfg.train.loss == "caption":  # LLaVA stage 1 through the frozen LM: its own module
-        from .caption_train import run_caption
+        from ..caption.train import run_caption
 
         return run_caption(cfg, train, test, out, callback, should_stop, accelerator, progress, cache, dataset,
                            split=split)

@@ -44,7 +44,7 @@ def caption_groups(samples: Sequence) -> torch.Tensor:
 
 def _pairs(text: str) -> set[tuple[str, str]]:
     """The (color, shape) pairs a scene caption names: 'a red circle left of two blue squares' -> red circle, ..."""
-    from .data.scenes import COLORS, SHAPES
+    from ..data.scenes import COLORS, SHAPES
 
     pattern = rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)})s?\b"
     return set(re.findall(pattern, text))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .encoders import select_tokens
+from ..encoders import select_tokens
 
 SHOWN_AT = 448  # side of the pictures the app draws (plots.heatmap_overlay, plots.provenance_overlay)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from .config import preset
-from .projectors import build_projector
-from .train import TrainResult, train_projector
+from ..config import preset
+from ..projectors import build_projector
+from ..train import TrainResult, train_projector
 
 
 def lesson_pairs(real: bool, n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -15,10 +15,10 @@ def lesson_pairs(real: bool, n: int = 32, seed: int = 0) -> tuple[torch.Tensor, 
     if not real:
         g = torch.Generator().manual_seed(seed)
         return torch.randn(n, 1, 768, generator=g), torch.randn(n, 512, generator=g), "synthetic 768 -> 512"
-    from .data import make_scenes
-    from .encoders import load_vision_encoder, select_tokens
-    from .features import FeatureCache
-    from .text import load_text_space
+    from ..data import make_scenes
+    from ..encoders import load_vision_encoder, select_tokens
+    from ..features import FeatureCache
+    from ..text import load_text_space
 
     cfg = preset("classic-lesson")
     encoder, text = load_vision_encoder(cfg.encoder.name), load_text_space(cfg.text.name)

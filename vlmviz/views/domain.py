@@ -16,7 +16,7 @@ from pathlib import Path
 # where the app's image came from -> how a sentence names it
 SOURCES = {"photo": "a photo", "scene": "a synthetic scene", "digit": "a digit", "upload": "your own image"}
 # what a connector was trained on -> (how to say it, the image source it fits); the photo connector was never
-# trained on image-caption pairs (vlmviz.concepts), so it is "made for" photos
+# trained on image-caption pairs (vlmviz.runs.concepts), so it is "made for" photos
 DOMAINS = {"photos": ("made for natural photos (ImageNet's 1000 concepts)", "photo"),
            "scenes": ("trained on synthetic shapes", "scene"),
            "digits": ("trained on 8x8 handwritten digits", "digit")}
@@ -84,8 +84,8 @@ def _digest(path) -> str | None:
 def _known() -> dict[str, str]:
     """sha1 of each gallery photo and scenes-gallery image -> its source. By content, not by path, because the
     web app hands handlers a copy of the file in its own temp folder."""
-    from .data import load_gallery
-    from .scene_connector import scenes_gallery
+    from ..data import load_gallery
+    from ..runs.scene_connector import scenes_gallery
 
     known = {_digest(item.path): "photo" for item in load_gallery()}
     known.update({_digest(item.path): "scene" for item in scenes_gallery()})
@@ -105,8 +105,8 @@ def image_source(image) -> str:
 def choice_note(choice: str, checkpoints: dict, image) -> str:
     """domain_note for the app's Connector choice (one of the session's checkpoints, a built-in, or 'untrained
     <family>') and the image it ranked; reads only checkpoint headers."""
-    from .builtins import BUILT_IN, built_in_checkpoint
-    from .checkpoints import read_config
+    from ..builtins import BUILT_IN, built_in_checkpoint
+    from ..checkpoints import read_config
 
     if choice.startswith("vlm: "):  # explore.VLM_PREFIX
         return ("a real VLM's own connector, read against its LM's input-embedding table: a caption is the mean of "

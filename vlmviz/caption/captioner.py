@@ -16,12 +16,12 @@ from typing import Sequence
 
 import torch
 
-from .captioning import VisualLM
-from .checkpoints import CheckpointError, load_checkpoint, load_module_state, read_config, read_extra, save_checkpoint
-from .config import CaptionConfig
-from .encoders import load_vision_encoder, select_tokens, token_dim
-from .images import load_image
-from .projectors import Projector
+from .model import VisualLM
+from ..checkpoints import CheckpointError, load_checkpoint, load_module_state, read_config, read_extra, save_checkpoint
+from ..config import CaptionConfig
+from ..encoders import load_vision_encoder, select_tokens, token_dim
+from ..images import load_image
+from ..projectors import Projector
 
 BUNDLED_LM = "smollm2-135m"
 NOT_A_CAPTIONER = ("{name} was trained with loss {loss!r}, not 'caption': describing images needs a connector "
@@ -46,7 +46,7 @@ def load_caption_lm(name: str = BUNDLED_LM):
 @functools.cache
 def _load_lm(name: str):
     if name == BUNDLED_LM:
-        from .text import load_smollm2_lm
+        from ..text import load_smollm2_lm
 
         return load_smollm2_lm()
     if name in ("minilm-l6",):
@@ -54,7 +54,7 @@ def _load_lm(name: str):
                          "Hugging Face causal LM folder)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .text.hf_causal import freeze, offline
+    from ..text.hf_causal import freeze, offline
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline())

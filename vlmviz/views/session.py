@@ -26,13 +26,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoints import CheckpointError, atomic_write, import_llava_projector, read_config, save_checkpoint
-from .config import ExperimentConfig
-from .encoders import load_vision_encoder, token_dim
-from .features import EncodingCancelled
-from .images import load_image
-from .paths import cache_dir
-from .text import load_text_space
+from ..checkpoints import CheckpointError, atomic_write, import_llava_projector, read_config, save_checkpoint
+from ..config import ExperimentConfig
+from ..encoders import load_vision_encoder, token_dim
+from ..features import EncodingCancelled
+from ..images import load_image
+from ..paths import cache_dir
+from ..text import load_text_space
 
 SESSIONS_ROOT = Path(tempfile.gettempdir()) / "vlmviz-sessions"
 LOG = logging.getLogger("vlmviz.app")
@@ -162,7 +162,7 @@ def add_uploaded_checkpoint(upload, owner: str, encoder: str, text: str, tokens:
     except CheckpointError:
         config = None
     if config is not None:  # a vlmviz checkpoint: its own encoder, text space and tokens decide what it expects
-        from .checkpoints import load_checkpoint
+        from ..checkpoints import load_checkpoint
 
         ck_encoder, ck_text = config.get("encoder") or encoder, config.get("text") or text
         ck_tokens = config.get("tokens") or tokens
@@ -232,7 +232,7 @@ class TrainJob:
                                                                                self.history else 0)
 
     def _run(self):
-        from .experiment import run
+        from ..runs.experiment import run
 
         def on_step(event):
             self.stage = "training"
@@ -247,7 +247,7 @@ class TrainJob:
         def on_snapshot(step, projector, eval_tokens, eval_text):
             import torch
 
-            from .train import embed
+            from ..train import embed
 
             w = WATCH_POINTS
             if self.watch_text is None:
@@ -318,11 +318,11 @@ class TrainJob:
 def score_open_set(cfg: ExperimentConfig, dataset: str, n_train: int, n_test: int, path) -> dict | None:
     """Scenes only: rank each held-out image against every seen and held-out caption plus the swapped twins (the
     figures BENCHMARKS.md and the presets quote), from the checkpoint just saved and the cached test tokens."""
-    from .data import SCENES
-    from .experiment import featurize, load_split
-    from .openset import candidate_set, open_set_report
-    from .checkpoints import load_checkpoint
-    from .train import embed
+    from ..data import SCENES
+    from ..runs.experiment import featurize, load_split
+    from ..eval.openset import candidate_set, open_set_report
+    from ..checkpoints import load_checkpoint
+    from ..train import embed
 
     if dataset not in SCENES or path is None:
         return None
@@ -374,7 +374,7 @@ class Recipe:
 
 
 def _scenes_block4() -> ExperimentConfig:
-    from .config import EncoderConfig, ProjectorConfig, TrainConfig
+    from ..config import EncoderConfig, ProjectorConfig, TrainConfig
 
     return ExperimentConfig(EncoderConfig("vit-s14@4", "cls+mean+max"), projector=ProjectorConfig("lowrank",
                                                                                                     {"rank": 64}),
@@ -382,7 +382,7 @@ def _scenes_block4() -> ExperimentConfig:
 
 
 def _scenes_output() -> ExperimentConfig:
-    from .config import EncoderConfig, ProjectorConfig, TrainConfig
+    from ..config import EncoderConfig, ProjectorConfig, TrainConfig
 
     return ExperimentConfig(EncoderConfig("vit-s14", "cls+mean+max"), projector=ProjectorConfig("linear"),
                             train=TrainConfig(loss="infonce", steps=1000, lr=1e-2, batch_size=256, weight_decay=0.5))
@@ -390,7 +390,7 @@ def _scenes_output() -> ExperimentConfig:
 
 def recipes() -> dict[str, Recipe]:
     """The proven one-object recipes of BENCHMARKS.md first, then the CLI's presets (config.PRESETS)."""
-    from .config import preset
+    from ..config import preset
 
     return {
         "one-object scenes, quick: lowrank on vit-s14@4, 1000 scenes": Recipe(
@@ -428,7 +428,7 @@ def recipes() -> dict[str, Recipe]:
 def dataset_limit(name: str, cap: int) -> int:
     """How many pairs a slider may offer for a dataset: its size when it has one (the gallery has 14), else `cap`
     (scenes are generated on demand)."""
-    from .data import SCENES, load_gallery
+    from ..data import SCENES, load_gallery
 
     if name in SCENES:
         return cap
@@ -449,7 +449,7 @@ def train_config(family: str, loss: str, pooling: str, tokens: str, steps, lr, b
                  caption_mode: str, encoder: str, text: str, recipe: Recipe | None = None) -> ExperimentConfig:
     """The run the Train tab describes; a recipe contributes the projector options it was measured with
     (lowrank's rank, the classic lesson's hidden width) when its family is still the one chosen."""
-    from .config import (CAPTION_OPTIONS, CaptionConfig, EncoderConfig, ProjectorConfig, TextConfig,
+    from ..config import (CAPTION_OPTIONS, CaptionConfig, EncoderConfig, ProjectorConfig, TextConfig,
                          TrainConfig)
 
     caption = loss == "caption"

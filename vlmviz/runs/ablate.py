@@ -21,15 +21,15 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from .config import TrainConfig
-from .data import SCENES
-from .encoders import load_vision_encoder, select_tokens
-from .features import FeatureCache
-from .openset import (ATTRIBUTES, candidate_set, caption_groups, embed_hard_negatives, metadata_attributes,
+from ..config import TrainConfig
+from ..data import SCENES
+from ..encoders import load_vision_encoder, select_tokens
+from ..features import FeatureCache
+from ..eval.openset import (ATTRIBUTES, candidate_set, caption_groups, embed_hard_negatives, metadata_attributes,
                       open_set_report, target_caption, training_caption)
-from .projectors import build_projector
-from .text import load_text_space
-from .train import choose_ridge, embed, fit_least_squares, fit_procrustes, train_projector
+from ..projectors import build_projector
+from ..text import load_text_space
+from ..train import choose_ridge, embed, fit_least_squares, fit_procrustes, train_projector
 
 # family -> projector options; pooled families see one pooled token, token-level ones the patch grid
 POOLED = {"linear": {}, "mlp2x_gelu": {}, "residual_mlp": {}, "lowrank": {"rank": 64},

@@ -2,7 +2,11 @@
 plain matmul FLOP/s of the same machine, measured side by side in one run.
 
     .venv/bin/python bench/bench_caption_step.py [--family resampler] [--mode prefix|xattn] [--batch 8]
-                                                 [--threads 1] [--repeats 5]
+                                                 [--threads 1] [--repeats 5] [--device cuda] [--random-lm DIR]
+
+--random-lm DIR builds the LM from the config and tokenizer in DIR with random weights (a step's cost does not
+depend on the weights' values): how the step is timed on a machine that does not carry SmolLM2's weights, such as
+a lent GPU. --device cuda runs the step there (bf16 autocast with --bf16), synchronising before each clock read.
 
 What a step runs (vlmviz.caption.model.VisualLM.caption_loss): the chat text before the image (P1 = 24 tokens of
 SmolLM2's system prompt + user header) once at batch 1 without gradient, its KV cache repeated for B images; then
@@ -37,14 +41,28 @@ from vlmviz.data import scene_split
 from vlmviz.projectors import build_projector
 
 
-def timed(fn, repeats):
+def timed(fn, repeats, sync=lambda: None):
     fn()  # warm-up: allocations, kernel selection
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def random_vlm(folder: str, mode: str):
+    """SmolLM2's architecture and tokenizer from DIR (config.json + tokenizer files), weights drawn at random."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from vlmviz.caption.model import VisualLM
+
+    config = AutoConfig.from_pretrained(folder)
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(config)
+    return VisualLM(lm, AutoTokenizer.from_pretrained(folder), mode)
 
 
 def main():
@@ -54,30 +72,40 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    ap.add_argument("--random-lm", metavar="DIR", help="SmolLM2's config + tokenizer, random weights")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if args.threads:
         torch.set_num_threads(args.threads)
     family, tokens, options = CONNECTORS[args.family]
-    vlm = build_vlm("smollm2-135m", CaptionConfig(args.mode))
+    vlm = random_vlm(args.random_lm, args.mode) if args.random_lm else build_vlm("smollm2-135m", CaptionConfig(args.mode))
     n_in, d_in = (256, 384) if tokens == "patch" else (1, 768)  # ViT-S/14 patch tokens or concat(CLS, mean)
     torch.manual_seed(0)
-    projector = build_projector(family, d_in, vlm.dim, **options)
-    head = CaptionHead(vlm, [s.caption for s in scene_split(args.batch, 0)[0]])
-    x = torch.randn(args.batch, n_in, d_in)  # (B, N, D_vis), standardized features
-    index = torch.arange(args.batch)
+    projector = build_projector(family, d_in, vlm.dim, **options).to(device)
+    head = CaptionHead(vlm, [s.caption for s in scene_split(args.batch, 0)[0]]).to(device)
+    x = torch.randn(args.batch, n_in, d_in, device=device)  # (B, N, D_vis), standardized features
+    index = torch.arange(args.batch, device=device)
     params = list(projector.parameters()) + [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
 
     def step():
-        loss = head(projector(x), index)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss = head(projector(x), index)
         opt.zero_grad(set_to_none=False)
         loss.backward()
         opt.step()
 
+    # FLOPs do not depend on the precision: count them in float32 (the counter cannot read bf16 grouped-query SDPA)
     with FlopCounterMode(display=False) as counter:
-        step()
+        loss = head(projector(x), index)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+    opt.zero_grad(set_to_none=False)
     flops = counter.get_total_flops()
-    t_step = timed(step, args.repeats)
+    t_step = timed(step, args.repeats, sync)
 
     m = projector.num_output_tokens(n_in) if args.mode == "prefix" else 0
     cap = max(len(vlm.tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in head.captions)
@@ -92,15 +120,19 @@ def main():
     print(f"SmolLM2-135M frozen ({p_layers / 1e6:.1f} M layer weights + {p_head / 1e6:.1f} M head), {args.family} "
           f"{options} -> {m if m else 'xattn: ' + str(projector.num_output_tokens(n_in))} visual tokens, mode "
           f"{args.mode}, batch {args.batch}, S={s} positions per image after the {p1}-token cached prefix, "
-          f"{trainable / 1e6:.2f} M trainable matmul weights; CPU x{torch.get_num_threads()} threads")
+          f"{trainable / 1e6:.2f} M trainable matmul weights; " + (f"CPU x{torch.get_num_threads()} threads"
+          if device.type == "cpu" else f"{torch.cuda.get_device_name(device)}{' bf16 autocast' if args.bf16 else ''}")
+          + (" (random LM weights)" if args.random_lm else ""))
     print(f"analytic: LM forward {lm_fwd / 1e9:.1f} GFLOP, LM forward+backward {2 * lm_fwd / 1e9:.1f} GFLOP "
           f"(4 * params * tokens), counted for the whole step {flops / 1e9:.1f} GFLOP")
 
-    a, b = torch.randn(t, d), torch.randn(d, lm.config.intermediate_size)
-    t_mm = timed(lambda: torch.mm(a, b), max(20, args.repeats))
+    dtype = torch.bfloat16 if args.bf16 else torch.float32  # the reference at the step's own precision
+    a = torch.randn(t, d, device=device, dtype=dtype)
+    b = torch.randn(d, lm.config.intermediate_size, device=device, dtype=dtype)
+    t_mm = timed(lambda: torch.mm(a, b), max(20, args.repeats), sync)
     mm = 2 * t * d * lm.config.intermediate_size / t_mm
-    sq = torch.randn(2048, 2048)
-    t_sq = timed(lambda: torch.mm(sq, sq), args.repeats)
+    sq = torch.randn(2048, 2048, device=device, dtype=dtype)
+    t_sq = timed(lambda: torch.mm(sq, sq), args.repeats, sync)
     sq_flops = 2 * 2048**3 / t_sq
     achieved = flops / t_step
     print(f"matmul ({t}x{d} @ {d}x{lm.config.intermediate_size}): {mm / 1e9:.1f} GFLOP/s; 2048^3: "

@@ -179,3 +179,20 @@ def test_bad_dims_and_counts_are_refused():
     with pytest.raises(ValueError, match="bias must be true or false"):
         build_projector("linear", 8, 16, bias="yes")
     assert build_projector("mlp2x_gelu", 8, 16, hidden_dim=None).options["hidden_dim"] == 16
+
+
+def test_multidepth_is_one_pixel_shuffle_per_depth_on_the_token_axis():
+    """Two depths side by side (vit-s14@4+12 gives 2 x 384 per token): each half goes through its own pixel shuffle
+    and the groups follow each other in the prefix, block 4's first; last_scale shrinks only the deepest group."""
+    torch.manual_seed(0)
+    proj = build_projector("multidepth", 2 * D_VIS, D_TXT, groups=2, scale=2, last_scale=4)
+    assert proj.num_output_tokens(65) == 16 + 4 and proj.group_tokens(64) == [16, 4]
+    shallow, deep = build_projector("pixel_shuffle", D_VIS, D_TXT, scale=2), build_projector(
+        "pixel_shuffle", D_VIS, D_TXT, scale=4)
+    shallow.linear.load_state_dict(proj.linears[0].state_dict())
+    deep.linear.load_state_dict(proj.linears[1].state_dict())
+    x = torch.randn(3, 65, 2 * D_VIS)  # CLS + 8 x 8 grid
+    want = torch.cat([shallow(x[..., :D_VIS]), deep(x[..., D_VIS:])], dim=1)  # (3, 16 + 4, D_TXT)
+    assert torch.allclose(proj(x), want, atol=1e-6)
+    with pytest.raises(ValueError, match="divisible by 3"):
+        build_projector("multidepth", 64, D_TXT, groups=3)

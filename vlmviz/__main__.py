@@ -319,10 +319,17 @@ def cmd_describe(args):
 def cmd_caption_eval(args):
     from .caption.evaluate import run_caption_eval
 
-    run_caption_eval(connectors=args.connector, modes=args.mode, steps=args.steps, batch_size=args.batch_size,
-                     lr=args.lr, n_train=args.n_train, n_test=args.n_test, lm=args.lm, encoder=args.encoder,
-                     max_new_tokens=args.max_new_tokens, seed=args.seed, out_dir=args.out_dir,
-                     threads=args.threads, retrain=args.retrain, log=print)
+    from .config import PRESET_DATA
+
+    if args.preset and (args.connector or args.encoder or args.mode):
+        raise ValueError("--preset names the connector, its encoder and mode: drop --connector, --encoder and --mode "
+                         "(or drop --preset)")
+    n_train = args.n_train or PRESET_DATA.get(args.preset, {}).get("n_train", 600)
+    run_caption_eval(connectors=args.connector, modes=args.mode or list(CAPTION_MODES), steps=args.steps,
+                     batch_size=args.batch_size, lr=args.lr, n_train=n_train, n_test=args.n_test, lm=args.lm,
+                     encoder=args.encoder or "vit-s14", max_new_tokens=args.max_new_tokens, seed=args.seed,
+                     out_dir=args.out_dir, threads=args.threads, retrain=args.retrain, warmup=args.warmup,
+                     objects=args.objects, preset=args.preset, log=print)
 
 
 def cmd_inspect(args):
@@ -501,14 +508,21 @@ def main(argv=None) -> int:
     p = sub.add_parser("caption-eval", help="held-out attribute accuracy of generated captions per connector")
     p.add_argument("--connector", nargs="+", default=None, help="connectors (default: resampler pixel_shuffle "
                    "linear-pooled); see vlmviz.caption.evaluate.CONNECTORS")
-    p.add_argument("--mode", nargs="+", choices=CAPTION_MODES, default=list(CAPTION_MODES))
+    p.add_argument("--preset", help="a caption preset (caption-stage1, caption-describe): its connector, encoder, "
+                   "mode and training settings, and its number of training scenes unless --n-train is given")
+    p.add_argument("--mode", nargs="+", choices=CAPTION_MODES, help="default: prefix and xattn")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=CAPTION_TRAIN["lr"])
-    p.add_argument("--n-train", type=int, default=600)
+    p.add_argument("--n-train", type=int, help="training scenes (default 600, or the preset's)")
     p.add_argument("--n-test", type=int, default=100)
+    p.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay (default: a tenth of the "
+                   "steps, at most 10)")
+    p.add_argument("--objects", type=int, choices=(1, 2), default=1, help="1: one-object scenes (color, shape, size, "
+                   "position); 2: two-object relation scenes (both colors and shapes and the relation)")
     p.add_argument("--lm", default="smollm2-135m", help="smollm2-135m or a Hugging Face causal LM folder")
-    p.add_argument("--encoder", default="vit-s14")
+    p.add_argument("--encoder", help="default vit-s14; vit-s14@4 reads block 4, vit-s14@4+12 both depths (the "
+                   "pixel_shuffle-2depth connectors need two)")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

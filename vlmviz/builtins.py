@@ -8,6 +8,7 @@ scripts/setup.sh fills and the app and the tests read (VLMVIZ_FEATURES moves onl
 
     from vlmviz.builtins import BUILT_IN, built_in_checkpoint
     path = built_in_checkpoint(SCENES_LOWRANK)   # about 2 minutes the first time on a 2-core CPU, then instant
+    path = build_describe(progress=print)        # the optional Describe captioner (OPTIONAL), about 15 minutes
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .paths import cache_dir
 BUILD_VERSION = 1  # bump when a change to any build should replace cached checkpoints
 PHOTO_CONSE = "photo concepts (ConSE, ImageNet head)"
 SCENES_LOWRANK = "scenes (low-rank, ViT-S/14 block 4)"
+DESCRIBE = "describe (captioner, ViT-S/14 blocks 4 + 12)"
 
 
 @dataclass(frozen=True)
@@ -60,16 +62,41 @@ def _scenes_build(path: Path, label: str) -> Path:
 # the order the app lists them in: the photo connector first, since the app opens on a gallery photo
 BUILT_IN = {PHOTO_CONSE: BuiltIn("photo-conse", "photos", _photo_key, _photo_build),
             SCENES_LOWRANK: BuiltIn("scenes-lowrank", "scenes", _scenes_key, _scenes_build)}
+def _describe_key() -> list:
+    from . import caption_builtin
+
+    return caption_builtin.build_key()
+
+
+def _describe_build(path: Path, label: str) -> Path:
+    from . import caption_builtin
+
+    return caption_builtin.build_checkpoint(path, label)
+
+
+# Built on request only, not on first use or by setup.sh: the Describe captioner trains through the 135 M LM for
+# about 15 minutes on a 2-core CPU (scripts/build_connectors.py --describe; the app through build_describe)
+OPTIONAL = {DESCRIBE: BuiltIn("describe-captioner", "scenes", _describe_key, _describe_build)}
 _LOCK = threading.Lock()  # one build at a time: two requests for a missing connector must not both build it
+
+
+def _spec(label: str) -> BuiltIn:
+    if label in BUILT_IN:
+        return BUILT_IN[label]
+    if label in OPTIONAL:
+        return OPTIONAL[label]
+    raise ValueError(f"unknown built-in connector {label!r}; valid: {', '.join([*BUILT_IN, *OPTIONAL])}")
+
+
+def _path(spec: BuiltIn, key: list, folder: str | Path | None) -> Path:
+    digest = hashlib.sha1(json.dumps([BUILD_VERSION, *key], sort_keys=True).encode()).hexdigest()[:10]
+    return Path(folder or cache_dir("connectors")) / f"{spec.stem}-{digest}.safetensors"
 
 
 def built_in_path(label: str, folder: str | Path | None = None) -> Path:
     """Where the checkpoint of `label` lives (whether or not it is built yet)."""
-    if label not in BUILT_IN:
-        raise ValueError(f"unknown built-in connector {label!r}; valid: {', '.join(BUILT_IN)}")
-    spec = BUILT_IN[label]
-    digest = hashlib.sha1(json.dumps([BUILD_VERSION, *spec.key()], sort_keys=True).encode()).hexdigest()[:10]
-    return Path(folder or cache_dir("connectors")) / f"{spec.stem}-{digest}.safetensors"
+    spec = _spec(label)
+    return _path(spec, spec.key(), folder)
 
 
 def built_in_checkpoint(label: str = PHOTO_CONSE, folder: str | Path | None = None) -> Path:
@@ -78,7 +105,23 @@ def built_in_checkpoint(label: str = PHOTO_CONSE, folder: str | Path | None = No
     with _LOCK:
         if path.exists():
             return path
-        return BUILT_IN[label].build(path, label)
+        return _spec(label).build(path, label)
+
+
+def build_describe(folder: str | Path | None = None, progress=None, should_stop=None, log=None,
+                   **settings) -> Path:
+    """The built-in Describe captioner (caption_builtin.py), built now unless cached: for a background build with
+    visible progress. progress(stage, done, total) with stage 'encoding', 'training' or 'captioning';
+    should_stop() cancels (caption_builtin.BuildCancelled, nothing saved). settings (n_train, n_test, steps, lm)
+    make a smaller one for tests; they are part of the file name's hash, so it never stands in for the real one."""
+    from . import caption_builtin
+
+    path = _path(OPTIONAL[DESCRIBE], caption_builtin.build_key(**settings), folder)
+    with _LOCK:
+        if path.exists():
+            return path
+        return caption_builtin.build_checkpoint(path, DESCRIBE, progress=progress, should_stop=should_stop, log=log,
+                                                **settings)
 
 
 def is_built(label: str, folder: str | Path | None = None) -> bool:

@@ -24,7 +24,7 @@ import torch
 
 from .train import held_out_loss
 from .captioner import build_vlm, lm_name, load_captioner, save_captioner
-from .model import CaptionHead, attribute_hits, names_one_object
+from .model import CaptionHead, attribute_hits, names_one_object, relation_hits
 from ..config import CaptionConfig, TrainConfig
 from ..encoders import load_vision_encoder, select_tokens, token_dim
 from ..features import FeatureCache
@@ -37,13 +37,25 @@ CONNECTORS = {
     "pixel_shuffle": ("pixel_shuffle", "patch", {"scale": 4}),
     "cabstractor": ("cabstractor", "patch", {"output_side": 3}),
     "linear-pooled": ("linear", "cls+mean", {}),
+    # two encoder depths as separate token groups (projectors/multidepth.py); needs --encoder vit-s14@4+12
+    "pixel_shuffle-2depth": ("multidepth", "patch", {"groups": 2, "scale": 4}),  # 16 + 16 tokens
+    "pixel_shuffle-2depth-8": ("multidepth", "patch", {"groups": 2, "scale": 4, "last_scale": 8}),  # 16 + 4
 }
 DEFAULT = ("resampler", "pixel_shuffle", "linear-pooled")
 ATTRS = ("color", "shape", "size", "position")
+RELATION_ATTRS = ("color", "shape", "relation")  # two-object scenes: both objects' color, both shapes, the relation
 
 
 def score(captions: list[str], samples: list) -> dict:
-    """Shares of captions with each attribute right, all four right, exactly one object named; distinct share."""
+    """Shares of captions with each attribute right, all four right, exactly one object named; distinct share.
+    Two-object scenes: both colors, both shapes, the relation, all five facts right (all5), two objects named."""
+    if samples and "relation" in samples[0].meta:
+        hits = [relation_hits(c, s.meta) for c, s in zip(captions, samples)]
+        out = {a: sum(h[a] for h in hits) / len(hits) for a in RELATION_ATTRS}
+        out["all5"] = sum(h["all"] for h in hits) / len(hits)
+        out["two_objects"] = sum(h["two_objects"] for h in hits) / len(hits)
+        out["distinct"] = len(set(captions)) / len(captions)
+        return out
     hits = [attribute_hits(c, s.meta) for c, s in zip(captions, samples)]
     out = {a: sum(h[a] for h in hits) / len(hits) for a in ATTRS}
     out["all4"] = sum(all(h[a] for a in ATTRS) for h in hits) / len(hits)
@@ -54,19 +66,89 @@ def score(captions: list[str], samples: list) -> dict:
 
 def best_constant(samples: list) -> dict:
     """What one fixed caption scores at best: the most frequent value of each attribute (and of all four)."""
+    if samples and "relation" in samples[0].meta:
+        facts = {"color": ("color", "color2"), "shape": ("shape", "shape2"), "relation": ("relation",),
+                 "all5": ("color", "shape", "relation", "color2", "shape2")}
+        out = {k: Counter(tuple(s.meta[f] for f in fields) for s in samples).most_common(1)[0][1] / len(samples)
+               for k, fields in facts.items()}
+        return {**out, "two_objects": 1.0, "distinct": 1 / len(samples)}
     out = {a: Counter(s.meta[a] for s in samples).most_common(1)[0][1] / len(samples) for a in ATTRS}
     out["all4"] = Counter(tuple(s.meta[a] for a in ATTRS) for s in samples).most_common(1)[0][1] / len(samples)
     return {**out, "one_object": 1.0, "distinct": 1 / len(samples)}
 
 
-def _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder) -> dict:
-    return {"connector": name, "mode": mode, "steps": steps, "batch_size": batch_size, "lr": lr, "n_train": n_train,
-            "seed": seed, "lm": lm_name(lm), "encoder": encoder}
+def _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder, warmup=None, objects=1) -> dict:
+    recipe = {"connector": name, "mode": mode, "steps": steps, "batch_size": batch_size, "lr": lr,
+              "n_train": n_train, "seed": seed, "lm": lm_name(lm), "encoder": encoder}
+    # only stated when not the default, so checkpoints trained before these options existed are still reused
+    return recipe | ({"warmup": warmup} if warmup is not None else {}) | ({"objects": objects} if objects != 1 else {})
 
 
-def _train_or_load(path: Path, recipe: dict, x_tr, captions, retrain: bool, log):
+def caption_preset(name: str):
+    """A preset of config.PRESETS that trains with the caption loss (caption-stage1, caption-describe)."""
+    from ..config import preset
+
+    cfg = preset(name)
+    if cfg.train.loss != "caption":
+        raise ValueError(f"preset {name!r} trains with loss {cfg.train.loss!r}; caption-eval needs a caption preset "
+                         f"({', '.join(caption_presets())})")
+    return cfg
+
+
+def caption_presets() -> list[str]:
+    from ..config import PRESETS
+
+    return [name for name, cfg in PRESETS.items() if cfg.train.loss == "caption"]
+
+
+def warmup_steps(steps: int, warmup: int | None = None) -> int:
+    """Linear warmup before the cosine decay (train.py): `warmup` steps, by default a tenth of the run up to 10."""
+    return min(10, steps // 10) if warmup is None else warmup
+
+
+def check_encoder(name: str, encoder: str, spec: tuple | None = None) -> None:
+    """A depth-group connector needs the encoder read at as many depths as it has groups (vit-s14@4+12 for 2):
+    at one depth it would cut each token's features in halves and say nothing."""
+    from ..encoders.layer import split_layer
+
+    family, _, options = spec or CONNECTORS[name]
+    if family == "multidepth":
+        layers = split_layer(encoder)[1] or ()
+        if len(layers) != options["groups"]:
+            raise ValueError(f"connector {name} reads {options['groups']} encoder depths as separate token groups: "
+                             f"use --encoder with {options['groups']} layers, e.g. vit-s14@4+12; got {encoder}")
+
+
+def train_caption_connector(family: str, options: dict, x_tr: torch.Tensor, captions: list[str], *, mode="prefix",
+                            lm: str = "smollm2-135m", steps: int = 200, lr: float = 1e-3, batch_size: int = 8,
+                            warmup: int | None = None, seed: int = 0, callback=None, should_stop=None):
+    """Train a fresh connector (and xattn blocks) on tokens x_tr (N, T, D_vis) through the frozen LM's caption loss:
+    (projector, vlm, TrainResult, stats). Seeded, so the same arguments give the same weights: caption-eval and the
+    built-in Describe captioner (caption_builtin.py) both train here."""
+    vlm = build_vlm(lm, CaptionConfig(mode))
+    torch.manual_seed(seed)
+    projector = build_projector(family, x_tr.shape[-1], vlm.dim, **options)
+    cfg = TrainConfig(loss="caption", pooling="none", steps=steps, lr=lr, batch_size=batch_size,
+                      warmup_steps=warmup_steps(steps, warmup), eval_every=0, seed=seed, device="cpu")
+    cpu = time.process_time()  # CPU seconds of this process (all its threads): a figure the shared machine spares
+    try:
+        result = train_projector(projector, x_tr, torch.arange(len(x_tr)), cfg, head=CaptionHead(vlm, captions),
+                                 callback=callback, should_stop=should_stop)
+    except BaseException:
+        vlm.close()
+        raise
+    losses = [h["loss"] for h in result.history] or [float("nan")]
+    k = max(1, min(10, len(losses) // 4))
+    trainable = projector.num_params + sum(p.numel() for p in vlm.xattn.parameters())
+    stats = {"train_s": result.seconds, "train_cpu_s": time.process_time() - cpu,
+             "steps_per_s": result.steps_done / max(result.seconds, 1e-9),
+             "loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k, "trainable": trainable}
+    return projector.eval(), vlm, result, stats
+
+
+def _train_or_load(path: Path, recipe: dict, spec: tuple, x_tr, captions, retrain: bool, log):
     """(projector, vlm, stats): a matching checkpoint is loaded, anything else trained and saved."""
-    family, tokens, options = CONNECTORS[recipe["connector"]]
+    family, tokens, options = spec
     if path.exists() and not retrain:
         try:
             captioner = load_captioner(path)
@@ -76,46 +158,49 @@ def _train_or_load(path: Path, recipe: dict, x_tr, captions, retrain: bool, log)
             captioner.close()
         except ValueError as err:
             log(f"  {path.name} not reusable ({err}); training")
-    vlm = build_vlm(recipe["lm"], CaptionConfig(recipe["mode"]))
-    torch.manual_seed(recipe["seed"])
-    projector = build_projector(family, x_tr.shape[-1], vlm.dim, **options)
-    cfg = TrainConfig(loss="caption", pooling="none", steps=recipe["steps"], lr=recipe["lr"],
-                      batch_size=recipe["batch_size"], warmup_steps=min(10, recipe["steps"] // 10), eval_every=0,
-                      seed=recipe["seed"], device="cpu")
     every = max(1, recipe["steps"] // 10)
-    result = train_projector(projector, x_tr, torch.arange(len(x_tr)), cfg, head=CaptionHead(vlm, captions),
-                             callback=lambda r: r["step"] % every == 0 and log(
-                                 f"  step {r['step']}/{r['steps']} loss {r['loss']:.3f} ({r['elapsed']:.0f} s)"))
-    losses = [h["loss"] for h in result.history]
-    k = max(1, min(10, len(losses) // 4))
-    trainable = projector.num_params + sum(p.numel() for p in vlm.xattn.parameters())
-    stats = {"train_s": result.seconds, "steps_per_s": result.steps_done / result.seconds,
-             "loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k, "trainable": trainable}
+    projector, vlm, result, stats = train_caption_connector(
+        family, options, x_tr, captions, mode=recipe["mode"], lm=recipe["lm"], steps=recipe["steps"], lr=recipe["lr"],
+        batch_size=recipe["batch_size"], warmup=recipe.get("warmup"), seed=recipe["seed"],
+        callback=lambda r: r["step"] % every == 0 and log(
+            f"  step {r['step']}/{r['steps']} loss {r['loss']:.3f} ({r['elapsed']:.0f} s)"))
     save_captioner(path, projector, vlm, recipe["lm"], encoder=recipe["encoder"], tokens=tokens, text=recipe["lm"],
-                   dataset="scenes-1obj", steps=result.steps_done, recipe=recipe, stats=stats)
-    return projector.eval(), vlm, stats
+                   dataset=f"scenes-{recipe.get('objects', 1)}obj", steps=result.steps_done, recipe=recipe,
+                   stats=stats)
+    return projector, vlm, stats
 
 
 def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 200, batch_size: int = 8,
                      lr: float = 1e-3, n_train: int = 600, n_test: int = 100, lm: str = "smollm2-135m",
                      encoder: str = "vit-s14", max_new_tokens: int = 20, seed: int = 0,
                      out_dir: str | Path = "artifacts/caption_eval", threads: int | None = None, retrain: bool = False,
-                     log=print):
+                     warmup: int | None = None, objects: int = 1, preset: str | None = None, log=print):
     """Train (or load) every connector x mode, caption the held-out scenes greedily, score; returns a DataFrame
-    and writes caption_eval.csv / .md and examples.jsonl to out_dir."""
+    and writes caption_eval.csv / .md and examples.jsonl to out_dir. objects 2: two-object relation scenes
+    ("a red circle left of a blue square"), every test object a held-out (color, shape) pair. preset: a caption
+    preset of config.PRESETS is the one connector, with its encoder, mode and training settings (the other
+    arguments still choose the data, decoding and where the checkpoint goes)."""
     import pandas as pd
 
     from ..data import scene_split
 
     if threads:
         torch.set_num_threads(threads)
+    specs = dict(CONNECTORS)
+    if preset is not None:
+        cfg = caption_preset(preset)
+        specs[preset] = (cfg.projector.family, cfg.encoder.tokens, cfg.projector.options)
+        connectors, modes, encoder = [preset], [cfg.caption.mode], cfg.encoder.name
+        steps, lr, batch_size, warmup = cfg.train.steps, cfg.train.lr, cfg.train.batch_size, cfg.train.warmup_steps
     connectors = list(connectors or DEFAULT)
-    unknown = [c for c in connectors if c not in CONNECTORS]
+    unknown = [c for c in connectors if c not in specs]
     if unknown:
         raise ValueError(f"unknown connectors {unknown}; valid: {', '.join(CONNECTORS)}")
+    for name in connectors:
+        check_encoder(name, encoder, specs[name])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train, test = scene_split(n_train, n_test, seed=seed, objects=1)
+    train, test = scene_split(n_train, n_test, seed=seed, objects=objects)
     enc = load_vision_encoder(encoder)
     cache = FeatureCache()
     log(f"encoding {len(train)} + {len(test)} scenes with {encoder} (cached after the first run)")
@@ -139,7 +224,7 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
         with torch.no_grad():
             add({"connector": "text-only LM", "mode": "-", "tokens": 0}, base.generate(None, **gen) * len(test))
         for name in connectors:
-            family, tokens, options = CONNECTORS[name]
+            family, tokens, options = specs[name]
             x_tr, x_te = (select_tokens(x, enc.has_cls, tokens) for x in (raw_tr, raw_te))
             torch.manual_seed(seed)
             untrained = build_projector(family, token_dim(enc.hidden_size, tokens), base.dim, **options).eval()
@@ -149,9 +234,9 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
                 x_te.shape[1])}, said, held_out_loss(untrained, base, x_te, truth))
             for mode in modes:
                 log(f"== {name} ({family} {options}, {tokens} tokens), {mode}")
-                recipe = _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder)
-                projector, vlm, stats = _train_or_load(out / f"{name}-{mode}.safetensors", recipe, x_tr, captions,
-                                                       retrain, log)
+                recipe = _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder, warmup, objects)
+                projector, vlm, stats = _train_or_load(out / f"{name}-{mode}.safetensors", recipe, specs[name], x_tr,
+                                                       captions, retrain, log)
                 try:
                     with torch.no_grad():
                         said = vlm.generate(projector(x_te.float()), **gen)
@@ -163,11 +248,11 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
         base.close()
     table = pd.DataFrame(rows)
     first = ["connector", "mode", "tokens", "trainable", "steps", "steps_per_s", "loss_first", "loss_last",
-             "heldout_loss", *ATTRS, "all4", "one_object", "distinct"]
+             "heldout_loss", *ATTRS, "relation", "all4", "all5", "one_object", "two_objects", "distinct"]
     table = table[[c for c in first if c in table] + [c for c in table if c not in first]]
     table.to_csv(out / "caption_eval.csv", index=False)
     (out / "caption_eval.md").write_text(table.to_markdown(index=False, floatfmt=".3f"))
     (out / "examples.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
-    log(f"held-out N={len(test)} scenes (color+shape pairs never seen in training), {len(train)} training scenes; "
-        f"wrote {out / 'caption_eval.md'}")
+    log(f"held-out N={len(test)} {objects}-object scenes (color+shape pairs never seen in training), "
+        f"{len(train)} training scenes; wrote {out / 'caption_eval.md'}")
     return table

@@ -262,6 +262,30 @@ def attribute_hits(generated: str, meta: dict) -> dict[str, bool]:
     return out
 
 
+RELATIONS = ("left of", "right of", "above", "below")
+_CANONICAL = {"left of": (False, "left of"), "right of": (True, "left of"), "above": (False, "above"),
+              "below": (True, "above")}  # phrasing -> (objects reversed?, canonical relation), as data.scenes
+
+
+def relation_hits(generated: str, meta: dict) -> dict[str, bool]:
+    """A two-object caption against the scene's canonical facts (meta color, shape, relation, color2, shape2):
+    it must name two colors, two shapes and one relation word, in the order "C S REL C2 S2"; the converse phrasing
+    ("a blue square right of a red circle") is put in canonical order first. color / shape: both objects' values
+    right in their roles; relation: the canonical relation word right; all: the whole fact; two_objects: it parsed."""
+    text = generated.lower()
+    colors = re.findall(rf"\b({'|'.join(COLORS)})\b", text)
+    shapes = [s for s, _ in re.findall(rf"\b({'|'.join(SHAPES)})(s?)\b", text)]
+    said = re.findall(rf"\b({'|'.join(RELATIONS)})\b", text)
+    if len(colors) != 2 or len(shapes) != 2 or len(said) != 1:
+        return {"color": False, "shape": False, "relation": False, "all": False, "two_objects": False}
+    reverse, relation = _CANONICAL[said[0]]
+    if reverse:
+        colors, shapes = colors[::-1], shapes[::-1]
+    hits = {"color": colors == [meta["color"], meta["color2"]], "shape": shapes == [meta["shape"], meta["shape2"]],
+            "relation": relation == meta["relation"]}
+    return {**hits, "all": all(hits.values()), "two_objects": True}
+
+
 def names_one_object(generated: str) -> bool:
     """The caption names exactly one object: one shape noun, said once and not in the plural. The one-object scenes'
     captions never state a count ("a small red circle ..."), so this is the count check that fits them."""

@@ -48,6 +48,9 @@ def held_out_figure(config: dict) -> str:
     metrics = config.get("metrics") or {}
     if "i2t_R@1" in metrics:
         return f" (held-out R@1 {metrics['i2t_R@1']:.2f} against {metrics.get('candidates', '?')} captions)"
+    if "all4" in metrics:  # a captioner (caption_builtin.py): what its greedy captions get right
+        return (f" (held-out scenes: color, shape, size and position all right in {metrics['all4']:.0%} of its "
+                f"captions)")
     if "gallery_top1" in metrics:
         return f" (true caption first for {metrics['gallery_top1']} of {metrics['gallery_photos']} gallery photos)"
     return ""

@@ -1,10 +1,10 @@
-"""The built-in Describe captioner (vlmviz.caption_builtin, vlmviz.builtins.build_describe) built with tiny settings
+"""The built-in Describe captioner (vlmviz.caption.builtin, vlmviz.builtins.build_describe) built with tiny settings
 (the tiny random Llama, 16 scenes, 2 steps): the checkpoint loads as a captioner and records its recipe, training
 data and held-out figures; progress is reported per stage; a cancelled build saves nothing; a built one is reused."""
 import pytest
 
 from vlmviz.builtins import DESCRIBE, build_describe, built_in_note
-from vlmviz.caption_builtin import BuildCancelled
+from vlmviz.caption.builtin import BuildCancelled
 from vlmviz.caption.captioner import load_captioner
 from vlmviz.checkpoints import read_config
 

@@ -63,13 +63,13 @@ def _scenes_build(path: Path, label: str) -> Path:
 BUILT_IN = {PHOTO_CONSE: BuiltIn("photo-conse", "photos", _photo_key, _photo_build),
             SCENES_LOWRANK: BuiltIn("scenes-lowrank", "scenes", _scenes_key, _scenes_build)}
 def _describe_key() -> list:
-    from . import caption_builtin
+    from .caption import builtin as caption_builtin
 
     return caption_builtin.build_key()
 
 
 def _describe_build(path: Path, label: str) -> Path:
-    from . import caption_builtin
+    from .caption import builtin as caption_builtin
 
     return caption_builtin.build_checkpoint(path, label)
 
@@ -114,7 +114,7 @@ def build_describe(folder: str | Path | None = None, progress=None, should_stop=
     visible progress. progress(stage, done, total) with stage 'encoding', 'training' or 'captioning';
     should_stop() cancels (caption_builtin.BuildCancelled, nothing saved). settings (n_train, n_test, steps, lm)
     make a smaller one for tests; they are part of the file name's hash, so it never stands in for the real one."""
-    from . import caption_builtin
+    from .caption import builtin as caption_builtin
 
     path = _path(OPTIONAL[DESCRIBE], caption_builtin.build_key(**settings), folder)
     with _LOCK:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .features import EncodingCancelled
+from ..features import EncodingCancelled
 
 PRESET = "caption-describe"
 N_TEST, SEED, MAX_NEW_TOKENS = 100, 0, 20
@@ -40,8 +40,8 @@ class BuildCancelled(EncodingCancelled):
 def recipe(n_train: int | None = None, n_test: int = N_TEST, steps: int | None = None,
            lm: str = "smollm2-135m") -> dict:
     """Everything the captioner is made from (hashed into the built-in's file name by vlmviz.builtins)."""
-    from .caption.captioner import lm_name
-    from .config import PRESET_DATA, preset
+    from .captioner import lm_name
+    from ..config import PRESET_DATA, preset
 
     cfg, data = preset(PRESET), PRESET_DATA[PRESET]
     t = cfg.train
@@ -54,9 +54,9 @@ def recipe(n_train: int | None = None, n_test: int = N_TEST, steps: int | None =
 
 def build_key(**settings) -> list:
     """The recipe and both frozen models' identities."""
-    from .caption.captioner import BUNDLED_LM
-    from .encoders import load_vision_encoder
-    from .text import load_text_space
+    from .captioner import BUNDLED_LM
+    from ..encoders import load_vision_encoder
+    from ..text import load_text_space
 
     r = recipe(**settings)
     lm = load_text_space(BUNDLED_LM).cache_id if r["lm"] == BUNDLED_LM else r["lm"]
@@ -66,13 +66,13 @@ def build_key(**settings) -> list:
 def build_checkpoint(path: str | Path, label: str, progress=None, should_stop=None, log=None, **settings) -> Path:
     """Train the Describe captioner by its recipe, score it on held-out scenes and write it at `path`.
     settings: n_train, n_test, steps, lm (smaller ones for tests; the built-in uses the preset's)."""
-    from .caption.evaluate import best_constant, score, train_caption_connector
-    from .caption.train import held_out_loss
-    from .caption.captioner import save_captioner
-    from .data import scene_split
-    from .encoders import load_vision_encoder, select_tokens
-    from .runs.experiment import split_record
-    from .features import FeatureCache
+    from .evaluate import best_constant, score, train_caption_connector
+    from .train import held_out_loss
+    from .captioner import save_captioner
+    from ..data import scene_split
+    from ..encoders import load_vision_encoder, select_tokens
+    from ..runs.experiment import split_record
+    from ..features import FeatureCache
 
     r = recipe(**settings)
     say = log or (lambda message: None)

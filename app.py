@@ -25,7 +25,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, 
 from vlmviz import builtins  # noqa: E402
 from vlmviz.caption import describe  # noqa: E402
 from vlmviz.runs import scene_connector  # noqa: E402
-from vlmviz.views import domain, maps, pipeline, plots, session, vlm_view  # noqa: E402
+from vlmviz.views import background, domain, maps, pipeline, plots, session, vlm_view  # noqa: E402
 from vlmviz.config import CAPTION_MODES, CAPTION_TRAIN, POOLINGS, TOKEN_MODES  # noqa: E402
 from vlmviz.data import list_datasets, load_dataset, load_gallery  # noqa: E402
 from vlmviz.encoders import list_vision_encoders  # noqa: E402
@@ -44,6 +44,7 @@ SCENES = scene_connector.scenes_gallery()  # held-out scenes: what the scenes co
 BUILT_INS = list(builtins.BUILT_IN)  # trained connectors ready on arrival, the photo one first
 FAMILIES = ["linear", "mlp2x_gelu"] + [p for p in list_projectors() if p not in ("linear", "mlp", "identity")]
 UNTRAINED = [f"untrained {f}" for f in FAMILIES]
+DESCRIBE = background.DescribeBuild()  # the built-in Describe captioner, built once in the background
 RECIPES = session.recipes()
 DEFAULT_RECIPE = next(iter(RECIPES))
 MAP_CAP, TRAIN_CAP, LINKED_CAP = 300, 4000, 100_000  # classic map, training pairs, linked WebGL maps
@@ -174,9 +175,28 @@ def nearest_words(image, encoder, text, projector, tokens, checkpoints, lens="em
 
 @contained("describe", lambda msg: msg)
 def describe_image(image, projector, mode, checkpoints):
-    if describe.caption_checkpoint(projector, checkpoints) is None:
-        return describe.describe_choice(projector, checkpoints, None, mode)
-    return describe.describe_choice(projector, checkpoints, session.open_upload(image), mode)
+    fallback = DESCRIBE.ready()
+    if describe.caption_checkpoint(projector, checkpoints) is None and fallback is None:
+        return (describe.describe_choice(projector, checkpoints, None, mode) + " Or build the built-in Describe "
+                "captioner with the button below (" + DESCRIBE.estimate + ").")
+    return describe.describe_choice(projector, checkpoints, session.open_upload(image), mode, fallback=fallback)
+
+
+def describe_status():
+    """The built-in captioner's line and whether to keep polling it (only while it builds)."""
+    running = DESCRIBE.state == "running"
+    return DESCRIBE.message(), gr.Timer(active=running), gr.update(visible=not running and not DESCRIBE.ready()), \
+        gr.update(visible=running)
+
+
+def describe_build():
+    DESCRIBE.start()
+    return describe_status()
+
+
+def describe_cancel():
+    DESCRIBE.cancel()
+    return describe_status()
 
 
 def follow_checkpoint(projector, checkpoints, encoder=None, text=None):
@@ -586,6 +606,13 @@ def build_demo() -> gr.Blocks:
                             describe_btn = gr.Button("Describe", elem_id="describe")
                         description = gr.Textbox(label="What the LM says through a caption-trained connector",
                                                  lines=3, interactive=False, elem_id="description")
+                        with gr.Row():
+                            describe_line = gr.Markdown(elem_id="describe-status", elem_classes="vv-note")
+                            build_captioner = gr.Button("Build the Describe captioner", size="sm", visible=False,
+                                                        scale=0, min_width=200, elem_id="describe-build")
+                            cancel_captioner = gr.Button("Cancel the build", size="sm", visible=False, scale=0,
+                                                         min_width=150, elem_id="describe-cancel")
+                        describe_timer = gr.Timer(2.0, active=False)
                     with gr.Column(scale=6):
                         ranking = gr.Label(num_top_classes=8, label="Captions ranked by cosine (softmax at T)",
                                            elem_id="ranking")
@@ -791,6 +818,12 @@ def build_demo() -> gr.Blocks:
                            api_visibility="private").then(
                 provenance, [image, prov_token, *model, checkpoints], [prov_img, prov_note], concurrency_limit=4,
                 preprocess=False, api_visibility="private")
+        captioner_outputs = [describe_line, describe_timer, build_captioner, cancel_captioner]
+        quiet = {"show_progress": "hidden", "api_visibility": "private"}  # the line itself is the progress
+        demo.load(describe_status, None, captioner_outputs, **quiet)
+        describe_timer.tick(describe_status, None, captioner_outputs, **quiet)
+        build_captioner.click(describe_build, None, captioner_outputs, **quiet)
+        cancel_captioner.click(describe_cancel, None, captioner_outputs, **quiet)
         describe_btn.click(describe_image, [image, projector, describe_mode, checkpoints], description,
                            api_name="describe", concurrency_limit=2, concurrency_id="describe", preprocess=False)
         heat_caption.change(heatmap, [image, heat_caption, *model, checkpoints], [heat, heat_note],
@@ -855,6 +888,9 @@ def main(argv=None):
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
     args = parser.parse_args(argv)
     pipeline.warm_up_in_background()
+    if os.environ.get("VLMVIZ_BUILD_DESCRIBE", "1") != "0" and DESCRIBE.start():  # first start: build it once
+        print("[vlmviz] building the built-in Describe captioner in the background (" + DESCRIBE.estimate + "); "
+              "the Inspect tab shows its progress and can cancel it; VLMVIZ_BUILD_DESCRIBE=0 skips it")
     demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share,
                                                    css=CSS, theme=THEME, show_error=True)
 

@@ -34,7 +34,11 @@ def app_url():
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import app as vlmviz_app
+    from vlmviz.views.background import DescribeBuild
 
+    # a small Describe captioner that only the test of its build makes (and removes): the real one, built on a
+    # machine where someone ran the app, must not change what the other tests' Describe clicks see
+    vlmviz_app.DESCRIBE = DescribeBuild({"steps": 2, "n_train": 8, "n_test": 2})
     port = _free_port()
     vlmviz_app.demo.queue(default_concurrency_limit=2).launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,

@@ -254,6 +254,57 @@ def test_describe_says_what_it_needs_then_a_caption_trained_connector_describes(
     pg.screenshot(path=str(artifacts / "tab-inspect-describe.png"), full_page=True)
 
 
+def test_build_the_describe_captioner_in_the_background_cancel_then_describe_with_it(page, artifacts):
+    """The built-in Describe captioner: not built, Describe says so and offers the button; a build shows its stage
+    and progress while the page stays usable, Cancel stops it with nothing saved; built again (a small recipe),
+    Describe with a connector that was not trained to caption writes through it and says so."""
+    import app as vlmviz_app
+    from vlmviz.views.background import DescribeBuild
+
+    small = vlmviz_app.DESCRIBE
+    big = DescribeBuild({"steps": 400, "n_train": 8, "n_test": 2})  # long enough to cancel mid-training
+    for job in (small, big):
+        if job.ready():
+            job.ready().unlink()
+    pg = page
+    try:
+        vlmviz_app.DESCRIBE = big
+        pg.reload()
+        pg.wait_for_selector("#rank", timeout=LONG)
+        wait_text(pg, "#describe-status", "not built yet")
+        set_dropdown(pg, "projector", "untrained linear")
+        pg.click("#describe")
+        pg.wait_for_function("document.querySelector('#description textarea').value.includes('button below')",
+                             timeout=LONG)
+        pg.click("#describe-build")
+        wait_text(pg, "#describe-status", "in the background: training")  # the timer polls the stage and step
+        assert_page_intact(pg)
+        pg.click("#describe-cancel")
+        wait_text(pg, "#describe-status", "cancelled after")
+        assert "nothing saved" in text_of(pg, "#describe-status") and big.ready() is None
+        assert pg.locator("#describe-build").is_visible()
+
+        vlmviz_app.DESCRIBE = small
+        pg.click("#describe-build")
+        wait_text(pg, "#describe-status", "is ready")
+        assert "all right in" in text_of(pg, "#describe-status")  # its held-out figure, from its checkpoint
+        assert not pg.locator("#describe-build").is_visible()
+        pg.click("#describe")
+        pg.wait_for_function("document.querySelector('#description textarea').value.includes('Written by the "
+                             "built-in Describe captioner')", timeout=LONG)
+        said = pg.locator("#description textarea").input_value()
+        assert said.split("\n")[0].strip() and "an untrained connector" in said and "synthetic" in said
+        pg.screenshot(path=str(artifacts / "tab-inspect-describe-built-in.png"), full_page=True)
+        assert_page_intact(pg)
+    finally:
+        for job in (small, big):
+            job.cancel()
+            job.wait(120)
+            if job.ready():
+                job.ready().unlink()
+        vlmviz_app.DESCRIBE = small
+
+
 def test_compare_two_connectors(page, artifacts):
     pg = page
     pg.get_by_role("tab", name="Compare").click()

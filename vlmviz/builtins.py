@@ -78,6 +78,7 @@ def _describe_build(path: Path, label: str) -> Path:
 # about 15 minutes on a 2-core CPU (scripts/build_connectors.py --describe; the app through build_describe)
 OPTIONAL = {DESCRIBE: BuiltIn("describe-captioner", "scenes", _describe_key, _describe_build)}
 _LOCK = threading.Lock()  # one build at a time: two requests for a missing connector must not both build it
+_DESCRIBE_LOCK = threading.Lock()
 
 
 def _spec(label: str) -> BuiltIn:
@@ -102,6 +103,8 @@ def built_in_path(label: str, folder: str | Path | None = None) -> Path:
 def built_in_checkpoint(label: str = PHOTO_CONSE, folder: str | Path | None = None) -> Path:
     """The checkpoint of a built-in connector, built from the bundled models on first use and cached."""
     path = built_in_path(label, folder)
+    if path.exists():  # never wait on the lock for a built one: a long build (the captioner) may hold it
+        return path
     with _LOCK:
         if path.exists():
             return path
@@ -116,12 +119,19 @@ def build_describe(folder: str | Path | None = None, progress=None, should_stop=
     make a smaller one for tests; they are part of the file name's hash, so it never stands in for the real one."""
     from .caption import builtin as caption_builtin
 
-    path = _path(OPTIONAL[DESCRIBE], caption_builtin.build_key(**settings), folder)
-    with _LOCK:
+    path = describe_path(folder, **settings)
+    with _DESCRIBE_LOCK:  # its own lock: a 15-minute build must not hold up the other built-ins
         if path.exists():
             return path
         return caption_builtin.build_checkpoint(path, DESCRIBE, progress=progress, should_stop=should_stop, log=log,
                                                 **settings)
+
+
+def describe_path(folder: str | Path | None = None, **settings) -> Path:
+    """Where the Describe captioner made with `settings` lives, built or not."""
+    from .caption import builtin as caption_builtin
+
+    return _path(OPTIONAL[DESCRIBE], caption_builtin.build_key(**settings), folder)
 
 
 def is_built(label: str, folder: str | Path | None = None) -> bool:

@@ -48,18 +48,28 @@ def caption_checkpoint(choice: str, checkpoints: dict) -> str | None:
 
 
 def describe_choice(choice: str, checkpoints: dict, image, mode: str = "greedy", seed: int = 0,
-                    max_new_tokens: int = 32) -> str:
-    """A caption of `image` by the chosen connector, or the explanation of what is needed."""
+                    max_new_tokens: int = 32, fallback: str | Path | None = None) -> str:
+    """A caption of `image` by the chosen connector, or the explanation of what is needed. `fallback`, the built-in
+    Describe captioner when it is built, writes the caption when the chosen connector cannot, and the answer says
+    so and what that captioner was trained on."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     path = caption_checkpoint(choice, checkpoints)
+    note = ""
     if path is None:
-        what = (f"{choice!r}, which was not trained to caption" if choice in checkpoints
-                else "a real VLM's own connector: vlmviz keeps only its tower, connector and embedding table, "
-                "not its LM" if choice.startswith("vlm: ") else "an untrained connector")
-        return f"Cannot describe with {what}. {HOW_TO}"
+        if choice.startswith("vlm: "):
+            what = "a real VLM's own connector: vlmviz keeps only its tower, connector and embedding table, not its LM"
+        elif choice.startswith("untrained "):
+            what = "an untrained connector"
+        else:  # the user's checkpoint or a contrastive built-in
+            what = f"{choice!r}, which was not trained to caption"
+        if fallback is None:
+            return f"Cannot describe with {what}. {HOW_TO}"
+        path, config = fallback, read_config(fallback)
+        note = (f"\n\n(Written by the built-in Describe captioner, since the top bar's connector is {what}. "
+                f"It was trained on {config.get('trained_on') or 'synthetic scenes'})")
     if image is None:
         raise ValueError("no image: upload one or pick one from the gallery")
     captioner = get_captioner(path)
     sample = mode == "sampled"
-    return captioner.describe([image], max_new_tokens=max_new_tokens, sample=sample, seed=seed)[0]
+    return captioner.describe([image], max_new_tokens=max_new_tokens, sample=sample, seed=seed)[0] + note

@@ -161,6 +161,29 @@ def test_int8_bound_holds_and_exact_scores_do_not_depend_on_the_block():
         np.testing.assert_array_equal(exact_scores(x[idx[:1]], q), exact[idx[:1]])
 
 
+def test_int8_dots_are_exact_for_wide_vectors_and_without_numba(monkeypatch):
+    """Sums past 2^24 (wider than BLOCK columns) stay exact, and numpy's int32 fallback gives the same scores."""
+    from vlmviz.search import lowp
+
+    rng = np.random.default_rng(4)
+    for d in (7, 384, 1100, 2100):
+        codes = rng.integers(-127, 128, (61, d)).astype(np.int8)
+        codes[0] = 127  # 127^2 * d: past 2^24 for d > 1040
+        scale = rng.uniform(0.5, 2, 61).astype(np.float32)
+        q = np.ones(d, np.float32) / np.sqrt(d)
+        quant = lowp.QuantQuery(q)
+        assert (quant.codes == 127).all()
+        want = (codes.astype(np.int64) @ quant.codes.astype(np.int64)).astype(np.float32) * scale * quant.scale
+        rows = np.arange(3, 61, 2)
+        got = [quant.scores(codes, scale, np.arange(61), (0, 61)), quant.scores(codes, scale, rows, (0, 61))[:5],
+               quant.scores(codes, scale, rows)]
+        monkeypatch.setattr(lowp, "_KERNELS", [lowp._by_range_numpy, lowp._by_rows_numpy])
+        got += [quant.scores(codes, scale, np.arange(61), (0, 61)), quant.scores(codes, scale, rows)]
+        monkeypatch.setattr(lowp, "_KERNELS", [])
+        for g, w in zip(got, [want, want[rows][:5], want[rows], want, want[rows]]):
+            np.testing.assert_array_equal(g, w)
+
+
 def test_missing_stale_or_damaged_int8_copy_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setattr(store_mod, "SHARD_ROWS", 64)
     rng = np.random.default_rng(3)

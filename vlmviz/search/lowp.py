@@ -5,14 +5,13 @@ Shapes: N rows in a chunk, D vector width.
 A scan over 1M x 384 float32 vectors reads 1.5 GB per query and is bound by memory bandwidth (BENCHMARKS.md,
 issue 16). Each row x is also kept as int8 codes c with one float32 scale s per row, x~ = s * c (a quarter of the
 bytes), and the residual norm r = ||x - x~|| computed exactly when the codes are written. The query q is quantized
-the same way (q~ = s_q * c_q, residual r_q). The integer dot c . c_q is exact (int32 accumulation; |c . c_q| <=
-127^2 * D < 2^31 for D < 133,000), so the approximate score a = s * s_q * (c . c_q) = q~ . x~ up to two float32
-roundings, whatever kernel computes it. The bound, for one row:
+the same way (q~ = s_q * c_q, residual r_q). The integer dot c . c_q is computed exactly (see BLOCK below), so the
+approximate score a = float32(c . c_q) * s * s_q is q~ . x~ up to three float32 roundings. The bound, for one row:
 
     q.x - q~.x~ = q~.(x - x~) + (q - q~).x                       (add and subtract q~.x)
     |q.x - q~.x~| <= ||q~|| r + r_q ||x||                         (Cauchy-Schwarz, twice)
-    |a - q~.x~|   <= 3 * 2^-24 * |q~.x~| <= 2^-22 ||q~|| (||x|| + r)   (int -> float32 exact below 2^24, then
-                                                                  float32 products s * dot, then * s_q)
+    |a - q~.x~|   <= 3 * 2^-24 * |q~.x~| <= 2^-22 ||q~|| (||x|| + r)   (the dot to float32, exact below 2^24,
+                                                                  then the float32 products * s and * s_q)
     |e - q.x|     <= (2^-24 + D * 2^-53) ||q|| ||x||              (e: the exact score, see `exact_scores`)
 
 so |e - a| <= B = ||q~|| R + r_q X + 2^-22 ||q~|| (X + R) + (2^-24 + D 2^-53) ||q|| X, with R the largest
@@ -92,80 +91,99 @@ class QuantQuery:
         With span=(start, stop), every row of that range is scored in one sequential pass and `rows` picked after
         (cheaper than jumping when most rows of the range are wanted)."""
         by_range, by_rows = _kernels()
-        q16 = self.codes.astype(np.int16)
-        if span is None:
-            out = np.empty(len(rows), np.float32)
-            by_rows(np.asarray(codes), np.asarray(rows, np.int64), np.asarray(scale, np.float32), q16, self.scale, out)
-            return out
-        out = np.empty(span[1] - span[0], np.float32)
-        by_range(np.asarray(codes), span[0], span[1], np.asarray(scale, np.float32), q16, self.scale, out)
-        return out[rows - span[0]]
+        codes, rows = np.asarray(codes), np.asarray(rows, np.int64)
+        qcodes = self.codes.astype(np.float32)
+        n = len(rows) if span is None else span[1] - span[0]
+        dots = np.zeros(n, np.float64) if codes.shape[1] > BLOCK else None  # exact whole numbers
+        for jb in range(0, codes.shape[1], BLOCK):
+            part, out = codes[:, jb:jb + BLOCK], np.empty(n, np.float32)
+            if span is None:
+                by_rows(part, rows, qcodes[jb:jb + BLOCK], out)
+            else:
+                by_range(part, span[0], span[1], qcodes[jb:jb + BLOCK], out)
+            if dots is None:
+                dots = out
+            else:
+                dots += out
+        if span is not None:
+            dots = dots[rows - span[0]]
+        return dots.astype(np.float32) * np.asarray(scale)[rows] * self.scale  # the roundings of the bound
 
 
-def _by_rows_numpy(codes, rows, scale, qcodes, qscale, out):
-    """The kernels' reference: the same exact integer dots and the same two float32 products."""
+def _by_rows_numpy(codes, rows, qcodes, out):
+    """The kernels without numba: the same exact integer dots, in int32."""
     for start in range(0, len(rows), 4096):
         part = rows[start:start + 4096]
-        dots = (codes[part].astype(np.int32) @ qcodes.astype(np.int32)).astype(np.float32)  # (R,) exact
-        out[start:start + 4096] = dots * scale[part] * qscale
+        out[start:start + 4096] = codes[part].astype(np.int32) @ qcodes.astype(np.int32)  # (R,) exact
 
 
-def _by_range_numpy(codes, start, stop, scale, qcodes, qscale, out):
-    _by_rows_numpy(codes, np.arange(start, stop), scale, qcodes, qscale, out)
+def _by_range_numpy(codes, start, stop, qcodes, out):
+    _by_rows_numpy(codes, np.arange(start, stop), qcodes, out)
 
 
-def _by_range(codes, start, stop, scale, qcodes, qscale, out):  # rows start..stop-1 -> out (stop - start,)
+# The kernels sum int8 * int8 products in float32 because numba widens integer arithmetic to int64 (4 lanes of
+# an AVX2 register instead of 8 or 16), and float32 is exact here: every product and every partial sum of up to
+# BLOCK of them is a whole number below 127^2 * 1040 < 2^24, so no summation order (fastmath reassoc lets LLVM
+# vectorize it) rounds anything. Wider vectors are summed BLOCK columns at a time, the blocks added in float64
+# (whole numbers below 2^53: exact too). A block loop inside the kernel stopped LLVM vectorizing it (5x slower).
+BLOCK = 1024
+
+
+def _by_range(codes, start, stop, qcodes, out):  # rows start..stop-1 of (N, D) int8, (D,) float32 -> out
     d = codes.shape[1]
     m = start + (stop - start) // 4 * 4
     for i in range(start, m, 4):  # four rows per pass share each load of the query
-        a0 = np.int32(0)
-        a1 = np.int32(0)
-        a2 = np.int32(0)
-        a3 = np.int32(0)
+        a0 = np.float32(0)
+        a1 = np.float32(0)
+        a2 = np.float32(0)
+        a3 = np.float32(0)
         for j in range(d):
             w = qcodes[j]
-            a0 += np.int16(codes[i, j]) * w
-            a1 += np.int16(codes[i + 1, j]) * w
-            a2 += np.int16(codes[i + 2, j]) * w
-            a3 += np.int16(codes[i + 3, j]) * w
-        out[i - start] = np.float32(a0) * scale[i] * qscale
-        out[i + 1 - start] = np.float32(a1) * scale[i + 1] * qscale
-        out[i + 2 - start] = np.float32(a2) * scale[i + 2] * qscale
-        out[i + 3 - start] = np.float32(a3) * scale[i + 3] * qscale
+            a0 += np.float32(codes[i, j]) * w
+            a1 += np.float32(codes[i + 1, j]) * w
+            a2 += np.float32(codes[i + 2, j]) * w
+            a3 += np.float32(codes[i + 3, j]) * w
+        out[i - start] = a0
+        out[i + 1 - start] = a1
+        out[i + 2 - start] = a2
+        out[i + 3 - start] = a3
     for i in range(m, stop):
-        a = np.int32(0)
+        a = np.float32(0)
         for j in range(d):
-            a += np.int16(codes[i, j]) * qcodes[j]
-        out[i - start] = np.float32(a) * scale[i] * qscale
+            a += np.float32(codes[i, j]) * qcodes[j]
+        out[i - start] = a
 
 
-def _by_rows(codes, rows, scale, qcodes, qscale, out):  # rows (R,) -> out (R,)
+def _by_rows(codes, rows, qcodes, out):  # rows (R,) of (N, D) int8, (D,) float32 -> out (R,)
     for i in range(len(rows)):
-        a = np.int32(0)
+        a = np.float32(0)
         for j in range(codes.shape[1]):
-            a += np.int16(codes[rows[i], j]) * qcodes[j]
-        out[i] = np.float32(a) * scale[rows[i]] * qscale
+            a += np.float32(codes[rows[i], j]) * qcodes[j]
+        out[i] = a
 
 
 _KERNELS: list = []
 
 
 def _kernels():
-    """(by_range, by_rows) compiled by numba (a dependency of umap-learn, so here already; compiled once and
-    cached on disk), or numpy when it is missing. int8 * int8 fits int16 and a sum of D of them is exact in int32."""
+    """(by_range, by_rows): exact int8 dots compiled by numba (a dependency of umap-learn, so here already;
+    compiled once and cached on disk), or numpy in int32 when it is missing."""
     if not _KERNELS:
         try:
             import numba
 
-            _KERNELS.extend(numba.njit(nogil=True, cache=True)(f) for f in (_by_range, _by_rows))
+            jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+            _KERNELS.extend(jit(f) for f in (_by_range, _by_rows))
         except ImportError:
             _KERNELS.extend([_by_range_numpy, _by_rows_numpy])
     return _KERNELS
 
 
-def keep_floor(top: np.ndarray, k: int, bound: float) -> float:
+def keep_floor(top: np.ndarray, k: int, bound: float) -> np.float64:
     """The lowest approximate score worth rescoring, given the k largest approximate scores seen so far
     (see the module docstring): t - 2B, or -inf while fewer than k rows were seen."""
     if len(top) < k:
-        return -np.inf
-    return float(top.min()) - 2.0 * bound * (1 + 1e-9)
+        return np.float64(-np.inf)
+    # a numpy float64, not a Python float: float32 scores compared with a Python float are compared in float32
+    # (NEP 50), which could round the floor up past a row it must keep
+    return np.float64(top.min()) - 2.0 * bound * (1 + 1e-9)

@@ -105,9 +105,14 @@ class QuantQuery:
                 dots = out
             else:
                 dots += out
-        if span is not None:
-            dots = dots[rows - span[0]]
-        return dots.astype(np.float32) * np.asarray(scale)[rows] * self.scale  # the roundings of the bound
+        scale = np.asarray(scale)
+        if span is None:
+            scale = scale[rows]
+        elif len(rows) == n:  # every row of the span: no gathers
+            scale = scale[span[0]:span[1]]
+        else:
+            dots, scale = dots[rows - span[0]], scale[rows]
+        return dots.astype(np.float32, copy=False) * scale * self.scale  # the roundings of the bound
 
 
 def _by_rows_numpy(codes, rows, qcodes, out):

@@ -485,10 +485,11 @@ class ShardStore:
                     s = (np.asarray(data[start:stop]) @ query)[picked - start]  # (picked,)
                 else:
                     s = np.asarray(data[picked]) @ query  # (picked,): gather the few rows a filter left
-                top = np.concatenate([top, s])
+                keep = np.flatnonzero(s >= keep_floor(top, k, bound))  # the floor so far: most rows fail it
+                top = np.concatenate([top, s[keep]])
                 if len(top) > k:
                     top = np.partition(top, len(top) - k)[len(top) - k:]
-                keep = s >= keep_floor(top, k, bound)
+                keep = keep[s[keep] >= keep_floor(top, k, bound)]
                 kept.append((shard, picked[keep], s[keep]))
         floor = keep_floor(top, k, bound)  # the floor only rises: what an earlier chunk dropped stays dropped
         found_shard, found_row, found_score = [], [], []

@@ -225,6 +225,18 @@ def test_missing_stale_or_damaged_int8_copy_is_rebuilt(tmp_path, monkeypatch):
                                                                 ("new", store.top_k(vec[0], 1)[0][1])]
     with pytest.raises(ValueError, match="unit vectors"):
         store.append(["big"], 2 * vec[:1], [("big.png", 1, 1, "big")])
+    want = store.top_k(q, 8)
+    monkeypatch.setattr(store_mod, "LOWP_RAM_BYTES", 0)  # copies past the memory budget stay memory-mapped
+    assert ShardStore(tmp_path / "ix").top_k(q, 8) == want
+    (shards / "00001.i8").unlink()
+    readonly = ShardStore(tmp_path / "ix")  # an index it cannot write to: that shard is scanned in float32
+
+    def refuse(*args):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(readonly, "_rebuild_lowp", refuse)
+    assert readonly.top_k(q, 8) == want and not (shards / "00001.i8").exists()
+    assert readonly._lowp(1, 64) is None and readonly._lowp(0, 64) is not None
 
 
 def test_interrupted_writer_tail_is_overwritten(tmp_path):

@@ -37,8 +37,8 @@ from .lowp import MAX_NORM, QuantQuery, exact_scores, float32_bound, keep_floor,
 SHARD_ROWS = 65_536  # rows per shard file: 96 MiB at 384-d, so one file never holds a whole large library
 CHUNK_ROWS = 65_536  # rows scored per matmul when scanning: bounded memory whatever the index size
 # int8 copies up to this size are read into memory and kept between queries, the rest stay memory-mapped:
-# anonymous memory gets huge pages, a file map 4 KiB ones, and the scan ran 1.2-1.5x faster from memory here
-# (BENCHMARKS.md). 2 GiB holds 5.5M vectors of 384; beyond it the index still works from the maps
+# the scan ran 1.2-1.5x faster from memory here (BENCHMARKS.md; likely huge pages, which a file map does not get).
+# 2 GiB holds 5.5M vectors of 384; beyond it the index still works from the maps
 LOWP_RAM_BYTES = 2 << 30
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -191,7 +191,8 @@ def test_missing_stale_or_damaged_int8_copy_is_rebuilt(tmp_path, monkeypatch):
     vec /= np.linalg.norm(vec, axis=1, keepdims=True)
     _random_store(tmp_path / "ix", vec).close()
     shards = tmp_path / "ix" / "shards"
-    assert sorted(p.name for p in shards.iterdir()) == [f"0000{i}.{ext}" for i in range(3) for ext in ("f32", "i8", "i8s")]
+    assert sorted(p.name for p in shards.iterdir()) == [f"0000{i}.{ext}" for i in range(3)
+                                                        for ext in ("f32", "i8", "i8s")]
     q = vec[40] / np.linalg.norm(vec[40])
     want = _canonical_top_k(vec, q, list(range(150)), 8)
     good = (shards / "00000.i8").read_bytes()

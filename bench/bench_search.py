@@ -5,8 +5,8 @@
 
 throughput   indexing a folder (hash, decode in a thread, encode, project, write) versus the encoder's own batched
              encode of the same files: the ratio of images per second, target >= 0.9
-query        exact top-10 over 10k / 100k / 1M x 384 float32 vectors in shards on disk (warm page cache): ms per
-             query, target <= 100 ms at 1M
+query        exact top-10 over 10k / 100k / 1M x 384 vectors in shards on disk (warm page cache), the float32 scan
+             and the int8-prefiltered query side by side: ms per query, target <= 100 ms at 1M
 incremental  one new file after a full index: the update's time versus a full rebuild, and the two indexes equal
 quality      text -> image recall@1/5/10 and mAP on held-out synthetic scenes (query "a red circle": relevant to
              every red circle) and on digits, through a trained connector, the least-squares map at its best
@@ -72,43 +72,68 @@ def part_throughput(tmp: Path, n: int = 192, batch: int = 16) -> None:
           f"index {best_index:.1f} img/s, ratio {best_index / best_plain:.2f} (target >= 0.9)")
 
 
-def part_query(tmp: Path, sizes=(10_000, 100_000, 1_000_000), dim: int = 384, queries: int = 20) -> None:
+def part_query(tmp: Path, sizes=(10_000, 100_000, 1_000_000), dim: int = 384, queries: int = 21) -> None:
+    """Per size, side by side on the same shards and queries (alternating which goes first): the float32 scan
+    (BLAS over the float32 shards, then its candidates rescored exactly) and the int8-prefiltered exact query
+    (the int8 copies, then candidates rescored from float32); both must return the same hits and scores. Also
+    one numpy matmul + argpartition over the same vectors in RAM, and clustered vectors at 100k (near-ties: more
+    candidates to rescore)."""
     from vlmviz.search import ShardStore
 
     rng = np.random.default_rng(0)
-    for n in sizes:
-        folder = tmp / f"q{n}"
+    cases = [(n, "uniform") for n in sizes] + [(100_000, "clustered")] * (100_000 in sizes)
+    for n, kind in cases:
+        folder = tmp / f"q{n}{kind}"
         shutil.rmtree(folder, ignore_errors=True)
         store = ShardStore(folder, create=True)
+        centres = rng.standard_normal((200, dim), dtype=np.float32)
         t = time.perf_counter()
         for start in range(0, n, 50_000):
             m = min(50_000, n - start)
             vec = rng.standard_normal((m, dim), dtype=np.float32)
+            if kind == "clustered":  # 200 centres, as embeddings of a photo library bunch up
+                vec = centres[rng.integers(0, 200, m)] + 0.6 * vec
             vec /= np.linalg.norm(vec, axis=1, keepdims=True)
             names = [f"{start + i:x}" for i in range(m)]
             store.append(names, vec, [(f"{h}.jpg", 1, 1, h) for h in names])
         build = time.perf_counter() - t
         q = rng.standard_normal((queries, dim), dtype=np.float32)
+        if kind == "clustered":
+            q = vec[:queries] + 0.3 * q
         q /= np.linalg.norm(q, axis=1, keepdims=True)
+        store = ShardStore(folder)  # a fresh process's view: nothing loaded
         t = time.perf_counter()
-        store.top_k(q[0], 10)  # first query: loads the live-row table from SQLite once
+        store.top_k(q[0], 10, prefilter=False)  # loads the live-row table from SQLite once
         first = time.perf_counter() - t
-        times = []
-        for row in q[1:]:
-            t = time.perf_counter()
-            store.top_k(row, 10)
-            times.append(time.perf_counter() - t)
-        # the same scan as one numpy matmul over an in-memory array: what the chunking costs
+        t = time.perf_counter()
+        store.top_k(q[0], 10)  # reads the int8 copies into memory, checks their crc32s; compiles (or loads) numba
+        first_lowp = time.perf_counter() - t
+        f32, lowp, rescored, same = [], [], [], True
+        for i, row in enumerate(q[1:]):
+            stats = {}
+            for prefilter in ((False, True) if i % 2 else (True, False)):
+                t = time.perf_counter()
+                got = store.top_k(row, 10, prefilter=prefilter, stats=stats if prefilter else None)
+                (lowp if prefilter else f32).append(time.perf_counter() - t)
+                if prefilter:
+                    hits = got
+                else:
+                    want = got
+            same &= hits == want
+            rescored.append(stats["rescored"])
         data = np.concatenate([np.asarray(store._memmap(s, r)) for s, r in store._shard_rows().items()])
         ref = []
-        for row in q[1:6]:
+        for row in q[1:8]:
             t = time.perf_counter()
             np.argpartition(-(data @ row), 9)[:10]
             ref.append(time.perf_counter() - t)
-        print(f"QUERY n={n:>9,} x {dim}: median {statistics.median(times) * 1e3:.1f} ms per query "
-              f"(first {first * 1e3:.0f} ms incl. loading the row table; in-memory numpy {statistics.median(ref) * 1e3:.1f} ms; "
-              f"ratio {statistics.median(times) / statistics.median(ref):.2f}); built in {build:.1f} s, "
-              f"{sum(p.stat().st_size for p in (folder / 'shards').iterdir()) / 2**20:.0f} MiB")
+        ms = lambda xs: f"{statistics.median(xs) * 1e3:.1f} ms [{min(xs) * 1e3:.1f}-{max(xs) * 1e3:.1f}]"  # noqa: E731
+        size = lambda ext: sum(p.stat().st_size for p in (folder / "shards").glob(f"*.{ext}")) / 2**20  # noqa: E731
+        print(f"QUERY n={n:>9,} x {dim} {kind}: float32 scan {ms(f32)}, int8-prefiltered {ms(lowp)}, ratio "
+              f"{statistics.median(f32) / statistics.median(lowp):.2f}x; rescored {statistics.median(rescored):.0f} "
+              f"rows [{min(rescored)}-{max(rescored)}]; same hits and scores: {same}; numpy matmul in RAM "
+              f"{ms(ref)}; first query {first * 1e3:.0f} ms (row table) + {first_lowp * 1e3:.0f} ms (int8 copies); "
+              f"built in {build:.1f} s; {size('f32'):.0f} MiB float32 + {size('i8') + size('i8s'):.0f} MiB int8")
         store.close()
         del data
         shutil.rmtree(folder, ignore_errors=True)
@@ -256,9 +281,15 @@ def part_lance(tmp: Path, n: int = 100_000, dim: int = 384, queries: int = 50) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", nargs="+", default=["throughput", "query", "incremental", "quality", "lance"])
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="numpy's BLAS threads (the float32 scan's matmul); the int8 kernel runs on one. With "
+                             "2 on this shared 2-core VM, OpenBLAS's spinning threads made a 10k scan 20x slower")
     args = parser.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.blas_threads, user_api="blas")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}")
+          f"BLAS threads {args.blas_threads}, load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M')}")
     with tempfile.TemporaryDirectory(prefix="vlmviz-bench-search-") as tmp:
         for part in args.part:
             globals()[f"part_{part}"](Path(tmp))

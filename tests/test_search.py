@@ -57,12 +57,187 @@ def test_top_k_matches_brute_force_across_shards_and_chunks(tmp_path, monkeypatc
         assert [h for h, _ in got] == [names[i] for i in want]
         np.testing.assert_allclose([s for _, s in got], [vec[i] @ q for i in want], rtol=1e-5)
     assert store.compact() == 50
-    assert store.counts()["dead_rows"] == 0
+    assert store.counts()["dead_rows"] == 0 and store.verify() == []  # the int8 copies were written too
     assert [h for h, _ in store.top_k(q, 5)] == [h for h, _ in ShardStore(tmp_path / "ix").top_k(q, 5)]
     hashes, kept = store.vectors()
     np.testing.assert_array_equal(kept, vec[[int(h[1:]) for h in hashes]])
     with pytest.raises(ValueError, match="non-finite"):
         store.append(["x"], np.full((1, 8), np.nan, np.float32), [("x.png", 1, 1, "x")])
+
+
+def _canonical_top_k(vec, q, pool, k):
+    """Brute force: every row's exact score (float64 sum of exact products, rounded once to float32), best first,
+    ties to the earlier row."""
+    scores = (vec[pool].astype(np.float64) * q.astype(np.float64)).sum(axis=1).astype(np.float32)
+    order = np.lexsort((np.asarray(pool), -scores))[:k]
+    return [(f"h{pool[i]}", float(scores[i])) for i in order]
+
+
+def _random_store(folder, vec, step=23):
+    store = ShardStore(folder, create=True)
+    names = [f"h{i}" for i in range(len(vec))]
+    for start in range(0, len(vec), step):  # appends that straddle shard boundaries
+        store.append(names[start:start + step], vec[start:start + step],
+                     [(f"{n}.png", 1, 1, n) for n in names[start:start + step]])
+    return store
+
+
+@pytest.mark.parametrize("data", ["random", "clustered"])
+def test_prefiltered_top_k_is_the_exact_top_k(tmp_path, monkeypatch, data):
+    """The int8 scan plus float32 rescoring returns what scoring every row exactly returns (hits, scores, order),
+    and so does the float32 scan: on random vectors, and on clusters of near-ties and exact duplicates, across
+    shard and chunk boundaries, with dead rows and filters."""
+    monkeypatch.setattr(store_mod, "SHARD_ROWS", 97)
+    monkeypatch.setattr(store_mod, "CHUNK_ROWS", 16)
+    rng = np.random.default_rng(1)
+    n, d = 700, 24
+    if data == "random":
+        vec = rng.normal(size=(n, d)).astype(np.float32)
+    else:  # 5 centres, rows 1e-4 apart: the int8 error (~1e-2) is far larger than the gaps it must not blur
+        centres = rng.normal(size=(5, d))
+        vec = (centres[rng.integers(0, 5, n)] + 1e-4 * rng.normal(size=(n, d))).astype(np.float32)
+        vec[::7] = vec[3]  # exact duplicates: ties broken by position
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    store = _random_store(tmp_path / "ix", vec)
+    assert store.counts()["shards"] == 8
+    store.remove_files([f"h{i}.png" for i in range(0, n, 5)])  # dead rows
+    live = [i for i in range(n) if i % 5]
+    allowed_few = {f"h{i}" for i in live[::40]}  # a filter that leaves a few rows per chunk (gathered)
+    allowed_half = {f"h{i}" for i in live if i % 2}
+    queries = [vec[3], -vec[10], rng.normal(size=d).astype(np.float32)]
+    for q in queries:
+        q = q / np.linalg.norm(q)
+        for k, subset in ((1, None), (10, None), (60, None), (7, allowed_half), (5, allowed_few), (900, allowed_few)):
+            pool = [i for i in live if subset is None or f"h{i}" in subset]
+            want = _canonical_top_k(vec, q, pool, k)
+            stats = {}
+            assert store.top_k(q, k, subset, stats=stats) == want
+            assert store.top_k(q, k, subset, prefilter=False) == want
+            if data == "random" and subset is None and k <= 10:
+                assert stats["rescored"] < len(pool) // 4  # the prefilter prunes: few rows are rescored
+            floats = vec[[int(h[1:]) for h, _ in want]] @ q  # within float32 rounding of a plain dot
+            np.testing.assert_allclose([s for _, s in want], floats, rtol=1e-5, atol=1e-6)
+    if data == "clustered":  # here the margin matters: without it the int8 scan alone would pick other rows
+        from vlmviz.search import lowp
+
+        with monkeypatch.context() as m:
+            m.setattr(lowp.QuantQuery, "bound", lambda self, max_resid: 0.0)
+            m.setattr(store_mod, "float32_bound", lambda query: 0.0)
+            wrong = [store.top_k(q / np.linalg.norm(q), 10) != _canonical_top_k(vec, q / np.linalg.norm(q), live, 10)
+                     for q in queries]
+        assert sum(wrong) >= 2
+    ties = store.top_k(vec[3], 80)  # clustered: float32 rounds many near-ties to the same score as the duplicates
+    dup = [h for h, s in ties if s == ties[0][1]]
+    assert dup == sorted(dup, key=lambda h: int(h[1:]))
+    assert len(dup) >= (1 if data == "random" else 30) and len(dup) < 80
+
+
+def test_int8_bound_holds_and_exact_scores_do_not_depend_on_the_block():
+    from vlmviz.search.lowp import QuantQuery, exact_scores, quantize_rows
+
+    rng = np.random.default_rng(2)
+    d = 384
+    x = rng.normal(size=(3000, d)).astype(np.float32)
+    x[0] = 0  # a zero row
+    x[1] = np.eye(d, dtype=np.float32)[5]  # one large component: a coarse scale
+    x[2, :] = 1e-6
+    x[2, 0] = 1  # tiny components under a large one
+    x[1:] /= np.linalg.norm(x[1:], axis=1, keepdims=True)
+    codes, aux = quantize_rows(x)
+    recon = codes.astype(np.float64) * aux[:, :1].astype(np.float64)
+    true_resid = np.linalg.norm(x - recon, axis=1)
+    assert (aux[:, 1] >= true_resid).all() and np.allclose(aux[:, 1], true_resid, rtol=1e-6, atol=1e-12)
+    for q in (x[7], rng.normal(size=d).astype(np.float32), x[1]):
+        q = (q / np.linalg.norm(q)).astype(np.float32)
+        quant = QuantQuery(q)
+        approx = quant.scores(codes, aux[:, 0], np.arange(len(x)), (0, len(x)))
+        np.testing.assert_array_equal(approx, quant.scores(codes, aux[:, 0], np.arange(len(x))))
+        exact = exact_scores(x, q)
+        err = np.abs(exact.astype(np.float64) - approx)
+        bound = quant.bound(aux[:, 1].max())
+        assert err.max() <= bound and bound < 0.05  # holds, and tight enough to prune
+        idx = np.sort(rng.choice(len(x), 17, replace=False))
+        np.testing.assert_array_equal(exact_scores(x[idx], q), exact[idx])  # no dependence on the other rows
+        np.testing.assert_array_equal(exact_scores(x[idx[:1]], q), exact[idx[:1]])
+
+
+def test_int8_dots_are_exact_for_wide_vectors_and_without_numba(monkeypatch):
+    """Sums past 2^24 (wider than BLOCK columns) stay exact, and numpy's int32 fallback gives the same scores."""
+    from vlmviz.search import lowp
+
+    rng = np.random.default_rng(4)
+    for d in (7, 384, 1100, 2100):
+        codes = rng.integers(-127, 128, (61, d)).astype(np.int8)
+        codes[0] = 127  # 127^2 * d: past 2^24 for d > 1040
+        scale = rng.uniform(0.5, 2, 61).astype(np.float32)
+        q = np.ones(d, np.float32) / np.sqrt(d)
+        quant = lowp.QuantQuery(q)
+        assert (quant.codes == 127).all()
+        want = (codes.astype(np.int64) @ quant.codes.astype(np.int64)).astype(np.float32) * scale * quant.scale
+        rows = np.arange(3, 61, 2)
+        got = [quant.scores(codes, scale, np.arange(61), (0, 61)), quant.scores(codes, scale, rows, (0, 61))[:5],
+               quant.scores(codes, scale, rows)]
+        monkeypatch.setattr(lowp, "_KERNELS", [lowp._by_range_numpy, lowp._by_rows_numpy])
+        got += [quant.scores(codes, scale, np.arange(61), (0, 61)), quant.scores(codes, scale, rows)]
+        monkeypatch.setattr(lowp, "_KERNELS", [])
+        for g, w in zip(got, [want, want[rows][:5], want[rows], want, want[rows]]):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_missing_stale_or_damaged_int8_copy_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_mod, "SHARD_ROWS", 64)
+    rng = np.random.default_rng(3)
+    vec = rng.normal(size=(150, 16)).astype(np.float32)
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    _random_store(tmp_path / "ix", vec).close()
+    shards = tmp_path / "ix" / "shards"
+    assert sorted(p.name for p in shards.iterdir()) == [f"0000{i}.{ext}" for i in range(3)
+                                                        for ext in ("f32", "i8", "i8s")]
+    q = vec[40] / np.linalg.norm(vec[40])
+    want = _canonical_top_k(vec, q, list(range(150)), 8)
+    good = (shards / "00000.i8").read_bytes()
+
+    def damage():
+        data = bytearray(good)
+        data[40 * 16:41 * 16] = bytes(16)  # row 40's codes zeroed: its approximate score drops to 0
+        (shards / "00000.i8").write_bytes(bytes(data))
+
+    damage()
+    assert ShardStore(tmp_path / "ix").top_k(q, 8) == want  # read into memory, crc-checked, rebuilt
+    assert (shards / "00000.i8").read_bytes() == good
+    damage()
+    store = ShardStore(tmp_path / "ix")
+    assert store.verify() == ["int8 copy of shard 00000.f32: 00000.i8 fails its checksum; rebuilt from float32"]
+    assert (shards / "00000.i8").read_bytes() == good and store.verify() == []
+    (shards / "00001.i8").unlink()
+    (shards / "00002.i8s").write_bytes(b"")
+    store = ShardStore(tmp_path / "ix")
+    assert store.top_k(q, 8) == want and (shards / "00001.i8").exists() and store.verify() == []
+    with store.db:
+        store.db.execute("DELETE FROM lowp")  # an index written before the int8 copies existed
+    problems = ShardStore(tmp_path / "ix").verify()
+    assert len(problems) == 3 and all("missing; rebuilt" in p for p in problems)
+    with store.db:
+        store.db.execute("UPDATE lowp SET rows = 3 WHERE shard = 2")  # stale: covers other rows
+    store = ShardStore(tmp_path / "ix")
+    assert store.top_k(q, 8) == want and store.verify() == []
+    store.append(["new"], vec[:1], [("new.png", 1, 1, "new")])  # an append extends the copy and its crc
+    assert store.verify() == [] and store.top_k(vec[0], 2) == [("h0", store.top_k(vec[0], 1)[0][1]),
+                                                                ("new", store.top_k(vec[0], 1)[0][1])]
+    with pytest.raises(ValueError, match="unit vectors"):
+        store.append(["big"], 2 * vec[:1], [("big.png", 1, 1, "big")])
+    want = store.top_k(q, 8)
+    monkeypatch.setattr(store_mod, "LOWP_RAM_BYTES", 0)  # copies past the memory budget stay memory-mapped
+    assert ShardStore(tmp_path / "ix").top_k(q, 8) == want
+    (shards / "00001.i8").unlink()
+    readonly = ShardStore(tmp_path / "ix")  # an index it cannot write to: that shard is scanned in float32
+
+    def refuse(*args):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(readonly, "_rebuild_lowp", refuse)
+    assert readonly.top_k(q, 8) == want and not (shards / "00001.i8").exists()
+    assert readonly._lowp(1, 64) is None and readonly._lowp(0, 64) is not None
 
 
 def test_interrupted_writer_tail_is_overwritten(tmp_path):
@@ -202,7 +377,7 @@ def test_damaged_shard_is_found_and_rebuilt(tmp_path):
     assert report["repaired"] and "checksum" in report["repaired"][0]
     assert report["embedded"] == 7 and report["vectors"] == 7
     assert _names(index.search("a cat", k=7)) == want
-    shard_files = sorted((tmp_path / "ix" / "shards").iterdir())
+    shard_files = sorted((tmp_path / "ix" / "shards").glob("*.f32"))
     shard_files[-1].write_bytes(shard_files[-1].read_bytes()[:50])  # truncated
     report = index.update()
     assert "bytes, expected" in report["repaired"][0] and report["embedded"] == 7

@@ -7,8 +7,9 @@
 Each family's adapter reads the config, keeps the vision tower (read at vision_feature_layer with
 vision_feature_select_strategy), loads the connector weights strictly into the matching vlmviz family and takes the
 LM's input-embedding table as the text space (text="embed"; the rest of the LM is dropped) or the mean of the LM's
-last hidden states over a caption (text="context": order-aware; the LM's decoder and head are kept). tests/test_vlms.py checks, for every
-family, that the result equals the model's get_image_features within 1e-5.
+last hidden states over a caption (text="context": order-aware; the LM's decoder and head are kept).
+tests/test_vlms.py checks, for every family, that the result equals the model's get_image_features within 1e-5, and
+that the contextual space equals the whole VLM run on each caption.
 """
 from __future__ import annotations
 

@@ -126,6 +126,13 @@ def check_05_llava_projector(s, nb):
     assert "D_vis" in s["wrong_shape_error"] and "768" in s["wrong_shape_error"]
     assert s["grid"] == [16, 16] and all(s["nearest_words"])
     assert s["vlm_max_abs_diff"] < 1e-5 and s["vlm_tokens"] == [16, 48] and s["vlm_grid"] == [4, 4]  # tiny Qwen2-VL
+    lenses = s["lenses"]  # three lenses scored on held-out scenes, each rate beside its shuffled-label control
+    assert set(lenses) == {"embedding", "logit", "contextual"} and s["lens_tokens"] > 0 and s["lens_scenes"] >= 8
+    assert all(set(v) == {"color", "shape", "size", "position"} for v in lenses.values())
+    assert all(0.0 <= r <= 1.0 for v in lenses.values() for pair in v.values() for r in pair)
+    assert lenses["embedding"]["color"][0] > lenses["embedding"]["color"][1]  # a trained connector's tokens name colour
+    assert s["lens_corpus"][0] >= 300 and s["lens_corpus"][1] > s["lens_corpus"][0]
+    assert _images(nb) >= 2  # the heatmaps and the lens bars
 
 
 def check_06_captioning(s, nb):

@@ -276,3 +276,78 @@ def test_app_picker_lists_cached_vlms_and_says_what_is_wrong(saved, tmp_path):
                          (str(tmp_path / "a" / "b"), "b: no such folder")):
         with pytest.raises(ValueError, match=message):
             vlm_view.open_choice(bad)
+
+
+WORDS = ["<unk>", "a", "red", "blue", "green", "circle", "square", "triangle", "left", "right", "of", "small", "big"]
+ORDER = ["a red circle left of a blue square", "a blue circle left of a red square"]  # same words, swapped roles
+
+
+@pytest.fixture(scope="module")
+def with_tokenizer(saved, tmp_path_factory):
+    """kind -> (model, folder): the tiny model of `saved` next to a word-level tokenizer, so captions encode."""
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = T.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+    def get(kind):
+        model, folder = saved(kind)
+        out = tmp_path_factory.mktemp(f"{kind}-tok")
+        for f in folder.iterdir():
+            shutil.copy(f, out)
+        tokenizer.save_pretrained(out)
+        return model, out
+
+    return get
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_contextual_text_space_is_the_vlms_own_lm(kind, with_tokenizer):
+    """text="context": each caption's vector is the mean of the LM's last hidden states, equal to the whole VLM run
+    on that caption alone (unpadded, text only); word order changes it, where the token-mean space cannot tell."""
+    model, folder = with_tokenizer(kind)
+    ctx = open_vlm(folder, image_size=SIDE, text="context").text
+    captions = ORDER + ["a small green triangle", "big"]
+    ours = ctx.encode(captions)  # (4, 48): one padded batch
+    head = model.get_output_embeddings()
+    for caption, vector in zip(captions, ours):
+        ids = torch.tensor([ctx.tokenizer(caption, add_special_tokens=False)["input_ids"]])  # (1, L)
+        # PaliGemma's prefix-LM: token type 1 marks text it writes (the suffix), read causally
+        suffix = {"token_type_ids": torch.ones_like(ids)} if kind == "paligemma" else {}
+        with torch.no_grad():
+            out = model(input_ids=ids, output_hidden_states=True, **suffix)
+        torch.testing.assert_close(vector, out.hidden_states[-1][0].mean(0), atol=1e-5, rtol=1e-5)
+        with torch.no_grad():  # the head is linear: the mean of the model's own next-token logits is head(vector)
+            torch.testing.assert_close(head(vector), out.logits[0].mean(0), atol=1e-4, rtol=1e-4)
+    embed = open_vlm(folder, image_size=SIDE).text
+    assert embed.kind == "token-mean" and ctx.kind == "contextual" and ctx.dim == embed.dim == 48
+    bag = embed.encode(ORDER)
+    torch.testing.assert_close(bag[0], bag[1])  # a bag of words: the swap is the same vector
+    assert embed.collisions(ORDER) == [[0, 1]] and ctx.collisions(ORDER) == []
+    assert (ours[0] - ours[1]).norm() > 1e-2 * ours[0].norm()
+    words = ctx.nearest_tokens(ours[:1], k=3)[0]  # read through the LM head
+    assert len(words) == 3 and all(w in WORDS for w, _ in words)
+
+
+def test_contextual_text_through_pipeline_and_cli(with_tokenizer, saved, tmp_path, capsys):
+    from vlmviz import Pipeline
+    from vlmviz.__main__ import main
+
+    _, folder = with_tokenizer("llava")
+    pipe = Pipeline.from_vlm(folder, text="context")
+    assert pipe.text.kind == "contextual" and pipe.info["vlm"]["text_kind"] == "contextual"
+    assert Pipeline.from_vlm(folder).text.kind == "token-mean"
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(image)
+    assert main(["inspect", "--vlm", str(folder), "--vlm-text", "ctx", str(image), "--k", "1"]) == 0
+    assert "(LM contextual) (contextual)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="text must be one of embed, context, ctx"):
+        open_vlm(folder, text="hidden")
+    _, bare = saved("gemma3")  # no tokenizer files: the head still reads vectors, captions say what is missing
+    ctx = open_vlm(bare, text="context").text
+    assert ctx.nearest_tokens(torch.randn(1, 48), k=2)[0][0][0].startswith("<")
+    with pytest.raises(VLMError, match="no tokenizer"):
+        ctx.encode(["a cat"])

@@ -338,11 +338,12 @@ def cmd_inspect(args):
 
     if not args.vlm:
         raise ValueError("inspect needs --vlm PATH: the folder (or cached Hugging Face id) of a saved VLM")
-    pipe = Pipeline.from_vlm(args.vlm, image_size=args.image_size)
+    pipe = Pipeline.from_vlm(args.vlm, image_size=args.image_size, text=args.vlm_text)
     s = pipe.info["vlm"]
     print(f"{s['family']} {s['source']}: {s['tower_tokens']} tower tokens ({s['grid'][0]}x{s['grid'][1]} grid"
           f"{' + CLS' if s['has_cls'] else ''}, {s['d_vis']}-d) -> {s['connector']} ({s['connector_params']:,} "
           f"params) -> {s['tokens_per_image']} tokens of {s['d_txt']}-d per {s['image_size']} px image")
+    print(f"  text space: {s['text_space']} ({s['text_kind']})")
     for note in s["notes"]:
         print(f"  note: {note}")
     for path in args.images:
@@ -492,6 +493,10 @@ def main(argv=None) -> int:
     p.add_argument("images", nargs="*", help="image files")
     p.add_argument("--k", type=int, default=3, help="nearest words per token")
     p.add_argument("--image-size", type=int, help="square side for Qwen2-VL / Mistral 3 (default 448)")
+    p.add_argument("--vlm-text", choices=("embed", "ctx"), default="embed",
+                   help="the VLM's text space: its LM input-embedding table (token mean, the space its connector "
+                        "writes into; nearest words from the table) or ctx, the mean of its LM's last hidden states "
+                        "(order-aware; nearest words through the LM head)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("describe", help="caption images with a connector trained with --loss caption")

@@ -87,8 +87,12 @@ class ContextualLMSpace(TextSpace):
         ids, mask = tokenize(self.tokenizer, captions)
         ids, mask = ids.to(self.device), mask.to(self.device)
         # Right padding is safe for a causal LM: real tokens never attend to the pad positions after them.
-        hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (T, L, D)
-        return masked_mean(hidden.float(), mask)  # (T, D)
+        hidden = self.model.base_model(input_ids=ids, attention_mask=self._lm_mask(mask)).last_hidden_state
+        return masked_mean(hidden.float(), mask)  # (T, D) from (T, L, D)
+
+    def _lm_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The attention mask the LM gets for a right-padded batch (T, L); a 2-D padding mask for a causal LM."""
+        return mask
 
     def _vocab(self) -> tuple[list[str], torch.Tensor]:
         table = self.model.get_output_embeddings().weight  # (V, D); tied to the input table in SmolLM2

@@ -101,12 +101,13 @@ class Pipeline:
         return cls(enc, txt, proj, tokens, config.get("pooling") or "mean", Path(path).stem, config)
 
     @classmethod
-    def from_vlm(cls, path: str | Path, image_size: int | None = None) -> "Pipeline":
+    def from_vlm(cls, path: str | Path, image_size: int | None = None, text: str = "embed") -> "Pipeline":
         """A real VLM's own tower, connector and LM embedding table (vlmviz/vlms), composed as the model composes
-        them: every token the tower hands the connector ("all"), the connector's tokens as the LM would get them."""
+        them: every token the tower hands the connector ("all"), the connector's tokens as the LM would get them.
+        text="context": captions in the LM's contextual space (mean of its last hidden states) instead."""
         from ..vlms import open_vlm
 
-        vlm = open_vlm(path, image_size=image_size)
+        vlm = open_vlm(path, image_size=image_size, text=text)
         info = {"vlm": vlm.summary(), "source": vlm.source}
         return cls(vlm.encoder, vlm.text, vlm.projector, "all", "mean", f"{vlm.family}: {Path(str(path)).name}",
                    info)

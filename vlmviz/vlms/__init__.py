@@ -6,15 +6,17 @@
 
 Each family's adapter reads the config, keeps the vision tower (read at vision_feature_layer with
 vision_feature_select_strategy), loads the connector weights strictly into the matching vlmviz family and takes the
-LM's input-embedding table as the text space; the rest of the LM is dropped. tests/test_vlms.py checks, for every
-family, that the result equals the model's get_image_features within 1e-5.
+LM's input-embedding table as the text space (text="embed"; the rest of the LM is dropped) or the mean of the LM's
+last hidden states over a caption (text="context": order-aware; the LM's decoder and head are kept).
+tests/test_vlms.py checks, for every family, that the result equals the model's get_image_features within 1e-5, and
+that the contextual space equals the whole VLM run on each caption.
 """
 from __future__ import annotations
 
 import functools
 from pathlib import Path
 
-from .base import Context, OpenedVLM, VLMError
+from .base import TEXT_KINDS, Context, OpenedVLM, VLMError
 
 # model_type -> (transformers class, adapter module, adapter function)
 SUPPORTED = {
@@ -45,14 +47,19 @@ def list_vlm_families() -> list[str]:
     return list(SUPPORTED)
 
 
-def open_vlm(name_or_path: str, device: str = "cpu", image_size: int | None = None) -> OpenedVLM:
-    """A real VLM from a local folder or a Hugging Face id, loaded once per (source, device, image_size).
-    image_size: the square side to show dynamic-resolution families (Qwen2-VL, Mistral 3) at."""
-    return _open(str(name_or_path), str(device), image_size)
+def open_vlm(name_or_path: str, device: str = "cpu", image_size: int | None = None,
+             text: str = "embed") -> OpenedVLM:
+    """A real VLM from a local folder or a Hugging Face id, loaded once per (source, device, image_size, text).
+    image_size: the square side to show dynamic-resolution families (Qwen2-VL, Mistral 3) at.
+    text: "embed", the LM's input-embedding table (token mean, a bag of words: the space the connector writes
+    into), or "context" (alias "ctx"), the mean of the LM's last hidden states over a caption (order-aware)."""
+    if text not in TEXT_KINDS:
+        raise ValueError(f"text must be one of {', '.join(TEXT_KINDS)}; got {text!r}")
+    return _open(str(name_or_path), str(device), image_size, TEXT_KINDS[text])
 
 
 @functools.cache
-def _open(source: str, device: str, image_size: int | None) -> OpenedVLM:
+def _open(source: str, device: str, image_size: int | None, text_kind: str = "embed") -> OpenedVLM:
     import importlib
 
     import transformers
@@ -93,9 +100,9 @@ def _open(source: str, device: str, image_size: int | None) -> OpenedVLM:
     encoder, projector, notes = adapter(model, config, ctx)
     from .base import text_space
 
-    text = text_space(source, model, label, kind)
-    del model  # the LM's layers go; the tower lives on in the encoder, the table in the text space
+    text = text_space(source, model, label, kind, text_kind, device)
+    del model  # the tower lives on in the encoder; the LM's table (embed) or decoder and head (context) in the text
     return OpenedVLM(kind, source, encoder.to(device), projector.to(device), text, notes)
 
 
-__all__ = ["OpenedVLM", "VLMError", "SUPPORTED", "REFUSED", "list_vlm_families", "open_vlm"]
+__all__ = ["OpenedVLM", "VLMError", "SUPPORTED", "REFUSED", "TEXT_KINDS", "list_vlm_families", "open_vlm"]

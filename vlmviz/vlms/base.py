@@ -16,7 +16,7 @@ import torch
 from ..encoders.base import VisionEncoder
 from ..hub import offline
 from ..projectors import Projector
-from ..text.hf_causal import TokenMeanSpace, source_id
+from ..text.hf_causal import ContextualLMSpace, TokenMeanSpace, source_id
 
 CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 HALF_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # SigLIP (PaliGemma, Gemma 3, Idefics3)
@@ -58,7 +58,7 @@ class OpenedVLM:
     source: str
     encoder: VLMTower
     projector: Projector
-    text: TokenMeanSpace
+    text: TokenMeanSpace | ContextualLMSpace  # the LM's input table ("embed") or its last hidden states ("context")
     notes: list[str] = field(default_factory=list)  # what vlmviz shows differently from the full model
 
     def summary(self) -> dict:
@@ -67,7 +67,8 @@ class OpenedVLM:
                 "connector_params": self.projector.num_params, "image_size": self.encoder.image_size,
                 "grid": list(self.encoder.grid), "has_cls": self.encoder.has_cls, "tower_tokens": n,
                 "tokens_per_image": self.projector.num_output_tokens(n), "d_vis": self.encoder.hidden_size,
-                "d_txt": self.projector.out_dim, "notes": self.notes}
+                "d_txt": self.projector.out_dim, "text_space": self.text.name, "text_kind": self.text.kind,
+                "notes": self.notes}
 
 
 def preprocessor(source: str, default_mean_std) -> tuple[tuple, tuple]:
@@ -117,13 +118,9 @@ def load_connector(projector: Projector, state: dict[str, torch.Tensor], family:
     return projector.float().eval().requires_grad_(False)
 
 
-class VLMTextSpace(TokenMeanSpace):
-    """The LM's input-embedding table as the text space. A folder without a tokenizer (a tiny test model) still
-    gives the table: nearest-token readouts then name ids (<17>), and encoding captions says what is missing."""
-
-    def __init__(self, name, table, tokenizer, description, cache_id):
-        super().__init__(name, table, tokenizer, description, cache_id)
-        self.has_vocab = True
+class _NoTokenizer:
+    """Shared by both text spaces of a VLM: a folder without a tokenizer (a tiny test model) still gives its table
+    or head, whose nearest-token readouts then name ids (<17>); encoding captions says what is missing."""
 
     def _encode_batch(self, captions):
         if self.tokenizer is None:
@@ -134,27 +131,101 @@ class VLMTextSpace(TokenMeanSpace):
     def _vocab(self):
         if self.tokenizer is not None:
             return super()._vocab()
+        table = self._table()  # (V, D)
         if self._words is None:
-            self._words = [f"<{i}>" for i in range(len(self.table))]
-        return self._words, self.table.cpu()
+            self._words = [f"<{i}>" for i in range(len(table))]
+        return self._words, table.detach().float().cpu()
 
 
-def text_space(source: str, model, label: str, family: str) -> VLMTextSpace:
+class VLMTextSpace(_NoTokenizer, TokenMeanSpace):
+    """The LM's input-embedding table as the text space: the space the VLM's connector writes into."""
+
+    def __init__(self, name, table, tokenizer, description, cache_id):
+        super().__init__(name, table, tokenizer, description, cache_id)
+        self.has_vocab = True
+
+    def _table(self):
+        return self.table
+
+
+class DecoderLM:
+    """A VLM's language model seen as a causal LM: its decoder (embeddings, layers, final norm) as `base_model` and
+    its output head, the parts ContextualLMSpace reads; the tower and connector are not in it."""
+
+    def __init__(self, decoder: torch.nn.Module, head: torch.nn.Module):
+        self.base_model, self.head, self.config = decoder, head, decoder.config
+
+    def get_input_embeddings(self):
+        return self.base_model.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.head
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.base_model.parameters()).dtype
+
+    def to(self, device):
+        self.base_model.to(device)
+        self.head.to(device)
+        return self
+
+
+class VLMContextSpace(_NoTokenizer, ContextualLMSpace):
+    """Mean over a caption of the VLM's own LM last hidden states (after its final norm): order-aware, as
+    smollm2-135m-ctx is for SmolLM2. The LM runs as in a text-only turn: caption tokens alone, causal attention,
+    its own embedding scale (Gemma) and positions (Qwen2-VL's M-RoPE reduces to plain positions for text)."""
+
+    def _table(self):
+        return self.model.get_output_embeddings().weight
+
+    def _lm_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """PaliGemma's LM is built bidirectional (its prefix-LM reads image and prompt both ways) and is made causal
+        only by the mask the full model passes; alone, given no padding, sdpa would let a caption's first token see
+        its last. So it gets an explicit causal mask, (T, 1, L, L) additive: a caption read as PaliGemma reads the
+        text it writes (the suffix), the same whatever the padding. Full attention covers Gemma 2's sliding window
+        for captions shorter than the window (4096 tokens)."""
+        if not getattr(self.model.config, "use_bidirectional_attention", False):
+            return mask
+        length = mask.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()  # (L, L)
+        allowed = causal[None] & mask.bool()[:, None, :]  # (T, L, L): earlier real tokens and itself
+        dtype = self.model.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)[:, None]  # (T, 1, L, L)
+
+
+TEXT_KINDS = {"embed": "embed", "context": "context", "ctx": "context"}  # ctx: as in smollm2-135m-ctx
+
+
+def text_space(source: str, model, label: str, family: str, kind: str = "embed", device: str = "cpu"):
+    """The LM side of an opened VLM as a text space: kind "embed" (its input-embedding table, token mean: the
+    space its connector writes into, a bag of words) or "context" (mean of its last hidden states, order-aware)."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline())
     except Exception:  # noqa: BLE001 - no tokenizer files: the table alone is still the text space
         tokenizer = None
-    if tokenizer is not None and len(tokenizer) < 2:  # transformers 5 builds an empty one for a folder without files
-        tokenizer = None
+    if tokenizer is not None and not set(tokenizer.get_vocab()) - set(tokenizer.all_special_tokens):
+        tokenizer = None  # transformers 5 builds one of special tokens only for a folder without files (Gemma 3: 5)
+    version = source_id(source, model.config)
+    if TEXT_KINDS[kind] == "context":
+        lm = DecoderLM(model.get_decoder(), model.get_output_embeddings()).to(device)
+        width = lm.config.hidden_size
+        description = (f"Mean over the caption of {label}'s language-model last hidden states (after its final "
+                       f"norm, {width}-d): word order and which attribute goes with which object change the vector. "
+                       "Its connector writes into the LM's input-embedding space, not this one: this is a target "
+                       "for training a connector on its tower, or for comparing captions. Nearest words are read "
+                       "through the LM head (logit-lens style).")
+        return VLMContextSpace(f"{label} (LM contextual)", lm, tokenizer, description,
+                               f"vlm-ctx:{source}@{version}", device)
     table = model.get_input_embeddings().weight.detach().float().clone()  # (V, D_txt)
     scaled = " (Gemma multiplies these rows by sqrt(D) before the LM; cosine readouts do not change)" \
         if "gemma" in family else ""
     description = (f"Input-embedding table of {label}'s language model ({table.shape[0]} x {table.shape[1]}): the "
                    f"space its connector writes into{scaled}; a caption is the mean of its tokens' rows.")
-    return VLMTextSpace(f"{label} (LM input embeddings)", table, tokenizer, description,
-                        f"vlm-text:{source}@{source_id(source, model.config)}")
+    return VLMTextSpace(f"{label} (LM input embeddings)", table, tokenizer, description, f"vlm-text:{source}@{version}")
 
 
 @dataclass

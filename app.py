@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import threading
 import time
 
@@ -22,7 +23,8 @@ import gradio as gr  # noqa: E402
 from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, Dinov2Model,  # noqa: E402,F401
                           LlamaForCausalLM, SiglipVisionModel, ViTModel)
 
-from vlmviz import builtins, describe, domain, explore, maps, plots, scene_connector, session, vlm_view  # noqa: E402
+from vlmviz import (builtins, describe, domain, eta, explore, maps, plots, scene_connector, session,  # noqa: E402
+                    vlm_view)
 from vlmviz.config import CAPTION_MODES, CAPTION_TRAIN, POOLINGS, TOKEN_MODES  # noqa: E402
 from vlmviz.data import list_datasets, load_dataset, load_gallery  # noqa: E402
 from vlmviz.encoders import list_vision_encoders  # noqa: E402
@@ -56,6 +58,14 @@ CSS = """
 #gallery .grid-container {grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important;
   grid-template-rows: none !important; grid-auto-rows: auto !important; gap: 6px !important}
 #gallery .thumbnail-item {height: auto !important; aspect-ratio: 1 / 1}
+#scenes-gallery .grid-wrap {min-height: 0 !important; max-height: none !important; height: auto !important;
+  overflow-y: visible !important; padding-top: 36px !important}
+#scenes-gallery .grid-container {grid-template-columns: repeat(6, minmax(0, 1fr)) !important;
+  grid-template-rows: none !important; grid-auto-rows: auto !important; gap: 6px !important}
+#scenes-gallery .thumbnail-item {height: auto !important; aspect-ratio: 1 / 1}
+#words table {table-layout: fixed; width: 100% !important; min-width: 0 !important}
+#words th, #words td {font-size: 0.8em; overflow-wrap: anywhere; word-break: break-word; padding: 2px 4px}
+#words .table-wrap, #words table {max-width: 100%}
 .vv-note {color: var(--body-text-color-subdued); font-size: 0.9em}
 .vv-msg p {margin: 0.2em 0}
 footer {display: none !important}
@@ -169,11 +179,12 @@ def nearest_words(image, encoder, text, projector, tokens, checkpoints, lens="em
         return None, session.report(err, "nearest words")
 
 
-@contained("describe", lambda msg: msg)
+@contained("describe", lambda msg: (msg, ""))
 def describe_image(image, projector, mode, checkpoints):
+    """The text, and beside it a warning when the captioner is undertrained or the text is no caption."""
     if describe.caption_checkpoint(projector, checkpoints) is None:
-        return describe.describe_choice(projector, checkpoints, None, mode)
-    return describe.describe_choice(projector, checkpoints, session.open_upload(image), mode)
+        return describe.describe_choice(projector, checkpoints, None, mode), ""
+    return describe.describe_with_note(projector, checkpoints, session.open_upload(image), mode)
 
 
 def follow_checkpoint(projector, checkpoints, encoder=None, text=None):
@@ -267,54 +278,145 @@ def bound_pairs(dataset, cap):
     return gr.update(maximum=top, value=top) if top < cap else gr.update(maximum=cap)
 
 
-@contained("map", lambda msg: (None, [], msg))
-def make_map(dataset, n, method, per_token, encoder, text, projector, tokens, checkpoints,
-             progress=gr.Progress()):
-    progress(0.02, desc=f"loading {dataset}")
-    samples, skipped = _dataset(dataset, int(n))
-    pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
+SEND_MENU = 2000  # samples listed in the send menu; on a larger (linked) map type '#N', which its hover shows
+
+
+def _watch(work, progress, wrap, every: float = 0.5):
+    """Run work() in a thread and yield wrap(status line) until it ends: the one progress indicator of a long
+    action, written in a place of its own (never over the plot or the top bar). Returns work()'s result and
+    re-raises its error (`result = yield from _watch(...)`)."""
+    out = {}
+
+    def run():
+        try:
+            out["ok"] = work()
+        except Exception as err:  # noqa: BLE001 - re-raised in the request below
+            out["err"] = err
+
+    worker = threading.Thread(target=run, name="vlmviz-map", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        yield wrap(f"⏳ {progress.line()}")
+        worker.join(every)
+    if "err" in out:
+        raise out["err"]
+    return out["ok"]
+
+
+def _encode_progress(progress, then: str, fit=None):
+    """The feature cache's callback: count new images, then say what comes next (with its estimate)."""
+
+    def on_encode(done, total):
+        if progress.unit != "images":
+            progress.stage("encoding new images (kept in the feature cache for next time)", unit="images")
+        progress.update(done, total)
+        if done >= total:
+            progress.stage(then, fit)
+
+    return on_encode
+
+
+def _send_menu(dataset, n, samples):
+    """The map's samples for 'send to Inspect', numbered as the map's hover numbers them."""
+    menu = [f"#{i} · {_clamp(s.caption, 70)}" for i, s in enumerate(samples[:SEND_MENU])]
+    return (gr.update(choices=menu, value=menu[0] if menu else None, interactive=True),
+            {"dataset": dataset, "n": int(n)})
+
+
+def _map_failed(msg):
+    return None, [], msg, "", gr.update(choices=[], value=None), None
+
+
+def make_map(dataset, n, method, per_token, encoder, text, projector, tokens, checkpoints):
+    keep = gr.update()
     key = method.lower().replace("-", "")  # "t-SNE" -> tsne
-    result = explore.build_map(pipe, samples, key, per_token,
-                               progress=lambda d, t: progress(0.05 + 0.8 * d / max(1, t), desc="encoding images"))
-    progress(0.9, desc="drawing")
-    fig = plots.map_figure(result.frame, f"{pipe.label}: {method} of projected images and captions",
-                           thumbnails=result.thumbnails, method=method,
-                           point_name="projected tokens" if per_token else "images")
-    rows = [[k, round(v, 4) if isinstance(v, float) else v] for k, v in result.metrics.items()]
-    note = result.note + (f"; {skipped} unreadable rows skipped" if skipped else "")
-    return fig, rows, note
+    progress = eta.Progress(f"loading {dataset}")
+
+    def work():
+        samples, skipped = _dataset(dataset, int(n))
+        progress.stage("loading the connector")
+        pipe = explore.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
+        points = len(samples) * (17 if per_token else 2)  # images (or up to 16 tokens each) and captions
+        fit = eta.umap_estimate(points) if key == "umap" else None
+        progress.stage(f"projecting and fitting {method}", fit)
+        result = explore.build_map(pipe, samples, key, per_token,
+                                   progress=_encode_progress(progress, f"fitting {method}", fit))
+        progress.stage("drawing")
+        fig = plots.map_figure(result.frame, f"{pipe.label}: {method} of projected images and captions",
+                               thumbnails=result.thumbnails, method=method,
+                               point_name="projected tokens" if per_token else "images")
+        rows = [[k, round(v, 4) if isinstance(v, float) else v] for k, v in result.metrics.items()]
+        note = result.note + (f"; {skipped} unreadable rows skipped" if skipped else "")
+        return fig, rows, note, samples
+
+    try:
+        fig, rows, note, samples = yield from _watch(work, progress, lambda line: (keep, keep, keep, line, keep,
+                                                                                      keep))
+    except Exception as err:  # noqa: BLE001 - one message; the page keeps working
+        yield _map_failed(session.report(err, "map"))
+        return
+    yield fig, rows, note, f"Drawn in {time.monotonic() - progress.started:.0f} s.", *_send_menu(dataset, n, samples)
 
 
-@contained("linked map", lambda msg: ("", [], msg))
-def make_linked_map(dataset, n, method, color, compare, encoder, text, projector, tokens, checkpoints,
-                    progress=gr.Progress()):
+def make_linked_map(dataset, n, method, color, compare, encoder, text, projector, tokens, checkpoints):
     """The same images through the top bar's connector and (optionally) a second one, as linked WebGL maps: the
     HTML that `python -m vlmviz map` writes, shown in a frame (hover thumbnails, lasso selection in both)."""
     import hashlib
 
-    progress(0.02, desc=f"loading {dataset}")
-    samples, skipped = _dataset(dataset, int(n))
-    chosen = [projector] + ([compare] if compare and compare != "none" else [])
-    pipes = [(c, explore.resolve_pipeline(c, checkpoints, encoder, text, tokens)) for c in chosen]
-    total = len(samples) * len(pipes)
-    done = {"base": 0}
+    keep = gr.update()
+    key = method.lower().replace("-", "")
+    progress = eta.Progress(f"loading {dataset}")
 
-    def on_progress(d, t):
-        progress(0.05 + 0.85 * (done["base"] + d) / max(1, total), desc="projecting images (cached after once)")
-        if d >= t:
-            done["base"] += t
+    def work():
+        samples, skipped = _dataset(dataset, int(n))
+        chosen = [projector] + ([compare] if compare and compare != "none" else [])
+        progress.stage("loading the connectors")
+        pipes = [(c, explore.resolve_pipeline(c, checkpoints, encoder, text, tokens)) for c in chosen]
+        fit = eta.umap_estimate(2 * min(len(samples), 20_000)) if key == "umap" else None
+        progress.stage(f"projecting and fitting {method}", fit)
+        result = maps.connector_maps(pipes, samples, key, _encode_progress(progress, f"fitting {method}", fit))
+        progress.stage("drawing")
+        digest = hashlib.sha1(repr((dataset, int(n), method, color, chosen, sorted(checkpoints.items()))).encode())
+        out = maps.write_html(result, samples, MAPS_DIR / f"{digest.hexdigest()[:16]}.html",
+                              color=color if color and color != "none" else None)
+        frame = (f"<iframe id='linked-frame' src='/gradio_api/file={out}' style='width:100%;height:760px;border:0' "
+                 "title='linked maps'></iframe>")
+        rows = [[f"{m.label[:28]}: {k}", round(v, 4) if isinstance(v, float) else v]
+                for m in result for k, v in m.metrics.items()]
+        note = " · ".join(m.note for m in result) + (f"; {skipped} unreadable rows skipped" if skipped else "")
+        return frame, rows, note, samples
 
-    result = maps.connector_maps(pipes, samples, method.lower().replace("-", ""), on_progress)
-    progress(0.95, desc="drawing")
-    key = hashlib.sha1(repr((dataset, int(n), method, color, chosen, sorted(checkpoints.items()))).encode())
-    out = maps.write_html(result, samples, MAPS_DIR / f"{key.hexdigest()[:16]}.html",
-                          color=color if color and color != "none" else None)
-    frame = (f"<iframe id='linked-frame' src='/gradio_api/file={out}' style='width:100%;height:760px;border:0' "
-             "title='linked maps'></iframe>")
-    rows = [[f"{m.label[:28]}: {k}", round(v, 4) if isinstance(v, float) else v]
-            for m in result for k, v in m.metrics.items()]
-    note = " · ".join(m.note for m in result) + (f"; {skipped} unreadable rows skipped" if skipped else "")
-    return frame, rows, note
+    try:
+        frame, rows, note, samples = yield from _watch(work, progress, lambda line: (keep, keep, keep, line, keep,
+                                                                                        keep))
+    except Exception as err:  # noqa: BLE001
+        yield ("", *_map_failed(session.report(err, "linked map"))[1:])
+        return
+    yield frame, rows, note, f"Drawn in {time.monotonic() - progress.started:.0f} s.", *_send_menu(dataset, n,
+                                                                                                 samples)
+
+
+def send_to_inspect(source, choice, projector):
+    """A map sample opens in Inspect with its caption among the candidates, as a scenes-gallery pick does; a
+    built-in connector is swapped for the one made for that kind of image."""
+    keep = gr.update()
+    try:
+        if not source:
+            raise ValueError("draw a map first, then pick one of its samples here")
+        found = re.match(r"\s*#?\s*(\d+)", str(choice or ""))
+        if not found:
+            raise ValueError(f"pick a sample from the list, or type its number as #N (hovering a point shows it); "
+                             f"got {choice!r}")
+        samples, _ = _dataset(source["dataset"], source["n"])
+        path, captions = explore.sample_for_inspect(samples, int(found.group(1)))
+        kind = {"gallery": "photo", "digits": "digit"}.get(source["dataset"],
+                                                          "scene" if source["dataset"].startswith("scenes") else None)
+        if kind:
+            domain.remember_source(path, kind)
+        connector = builtins.fitting_built_in(projector, kind) if kind in ("photo", "scene") else projector
+        return path, "\n".join(captions), connector, gr.Tabs(selected="inspect"), ""
+    except Exception as err:  # noqa: BLE001 - said beside the menu; nothing else changes
+        return keep, keep, keep, keep, session.report(err, "sending the sample to Inspect")
 
 
 # ---- Train --------------------------------------------------------------------------------------------------
@@ -352,24 +454,47 @@ def train(recipe, family, loss, pooling, tokens, steps, lr, batch, weight_decay,
     except Exception as err:  # noqa: BLE001 - a bad setting is a message, not an Error badge
         yield keep, keep, session.report(err, "training"), keep, keep, checkpoints, keep, keep
         return
-    yield (None, [], f"Starting: loading {encoder} and {dataset} ...", None, keep, checkpoints, None,
+    # caption training is the long one: say before it starts what it will cost (steps x a step time measured
+    # here last time), and for every run, while it goes, what is left at the rate so far
+    rate_key = f"caption:{family}:{caption_mode}:{int(batch)}:{encoder}" if loss == "caption" else None
+    guess = eta.caption_steps_estimate(rate_key, int(steps), int(batch)) if rate_key else None
+    ahead = f" Training: {eta.say(guess.seconds)} ({guess.why})." if guess else ""
+    yield (None, [], f"Starting: loading {encoder} and {dataset} ...{ahead}", None, keep, checkpoints, None,
            gr.update(visible=False))
-    shown = time.monotonic()
+    shown, clock, first = time.monotonic(), eta.Progress("starting"), None
     for event in job.events():
         now = time.monotonic()
-        if event["type"] == "encode" and now - shown > 0.5:
-            shown = now
-            yield (keep, keep, f"Encoding {dataset} with {encoder}: {event['done']} of {event['total']} new "
-                   "images (kept in the feature cache: the next run on these images skips this) ...", keep, keep,
-                   checkpoints, keep, keep)
+        if event["type"] == "encode":
+            if clock.unit != "images":
+                clock.stage("encoding", unit="images")
+            clock.update(event["done"], event["total"])
+            if now - shown > 0.5:
+                shown = now
+                left = clock.left()
+                yield (keep, keep, f"Encoding {dataset} with {encoder}: {event['done']} of {event['total']} new "
+                       "images (kept in the feature cache: the next run on these images skips this)"
+                       + (f" · {eta.say(left)} left" if left else " ...") + ahead, keep, keep, checkpoints, keep,
+                       keep)
         elif event["type"] == "stage":
             yield keep, keep, "Scoring the held-out scenes open set ...", keep, keep, checkpoints, keep, keep
-        elif event["type"] == "step" and (event.get("metrics") or now - shown > 1.0
-                                          or event["step"] == event["steps"]):
-            shown = now  # redraw about once a second and on every held-out evaluation
-            status = f"step {event['step']}/{event['steps']} · loss {event['loss']:.4f} · lr {event['lr']:.1e}"
-            watch = plots.watch_figure(job.frames, job.watch_text) if event.get("metrics") and job.frames else keep
-            yield plots.training_figure(job.history, job.evals), keep, status, keep, keep, checkpoints, watch, keep
+        elif event["type"] == "step":
+            if first is None:  # the rate is counted from the first step on (loading the LM is not a step)
+                first = event["step"]
+                clock.stage("training", guess)
+            clock.update(event["step"] - first, event["steps"] - first)
+            if event.get("metrics") or now - shown > 1.0 or event["step"] == event["steps"]:
+                shown = now  # redraw about once a second and on every held-out evaluation
+                status = f"step {event['step']}/{event['steps']} · loss {event['loss']:.4f} · lr {event['lr']:.1e}"
+                left = clock.left()
+                if clock.done and left:
+                    status += (f" · {(now - clock.stage_started) / clock.done:.2f} s per step · {eta.say(left)} "
+                               "left")
+                watch = (plots.watch_figure(job.frames, job.watch_text) if event.get("metrics") and job.frames
+                         else keep)
+                yield (plots.training_figure(job.history, job.evals), keep, status, keep, keep, checkpoints, watch,
+                       keep)
+    if rate_key and clock.done >= 2:  # the next caption run's estimate
+        eta.remember(rate_key, (time.monotonic() - clock.stage_started) / clock.done)
     checkpoints = session.list_checkpoints(who)
     figure = plots.training_figure(job.history, job.evals) if job.history else None
     run = job.result
@@ -583,6 +708,7 @@ def build_demo() -> gr.Blocks:
                             describe_btn = gr.Button("Describe", elem_id="describe")
                         description = gr.Textbox(label="What the LM says through a caption-trained connector",
                                                  lines=3, interactive=False, elem_id="description")
+                        describe_note = gr.Markdown(elem_id="describe-note", elem_classes="vv-msg")
                     with gr.Column(scale=6):
                         ranking = gr.Label(num_top_classes=8, label="Captions ranked by cosine (softmax at T)",
                                            elem_id="ranking")
@@ -628,6 +754,9 @@ def build_demo() -> gr.Blocks:
                                       "fits")
                     per_token = gr.Checkbox(False, label="per projected token")
                     map_btn = gr.Button("Draw map", variant="primary", elem_id="draw-map")
+                # the one progress indicator of a map (classic or linked): its own line right under the buttons'
+                # row, so nothing covers the plot or the top bar while it computes
+                map_status = gr.Markdown(elem_id="map-status", elem_classes="vv-note")
                 with gr.Accordion("Linked maps at scale: up to 100,000 pairs, two connectors side by side",
                                   open=False, elem_id="linked-acc"):
                     with gr.Row():
@@ -644,6 +773,13 @@ def build_demo() -> gr.Blocks:
                                 "and kept; above 20,000 points UMAP is fitted on a sample and the rest placed, which "
                                 "the map says.", elem_classes="vv-note")
                     linked = gr.HTML(elem_id="linked-map")
+                with gr.Row(elem_id="map-send-row"):
+                    map_pick = gr.Dropdown([], label="Send a sample of the map to Inspect (#N as the map's hover "
+                                           "numbers it; type #N for any sample)", allow_custom_value=True, scale=4,
+                                           elem_id="map-pick")
+                    map_send = gr.Button("Open in Inspect", scale=1, min_width=140, elem_id="map-send")
+                    map_send_msg = gr.Markdown(elem_id="map-send-msg", elem_classes="vv-msg")
+                map_source = gr.State(None)
                 with gr.Row():
                     map_plot = gr.Plot(label="Projected images and captions", elem_id="map-plot")
                     with gr.Column(scale=0, min_width=300):
@@ -696,14 +832,16 @@ def build_demo() -> gr.Blocks:
                                                 allow_custom_value=True, elem_id="train-encoder")
                     train_text = gr.Dropdown(list_text_spaces(), value=cfg.text.name, label="Text space",
                                              allow_custom_value=True, elem_id="train-text")
-                with gr.Row():
+                with gr.Row():  # the sliders in a row of their own: squeezed, they cut off their maximum ("40")
                     steps = gr.Slider(10, 4000, value=cfg.train.steps, step=10, label="Steps", elem_id="steps")
-                    lr = gr.Number(cfg.train.lr, label="Learning rate", elem_id="lr")
                     batch = gr.Slider(8, 256, value=cfg.train.batch_size, step=8, label="Batch", elem_id="batch")
-                    weight_decay = gr.Number(cfg.train.weight_decay, label="Weight decay", elem_id="weight-decay")
-                    train_data = gr.Dropdown(list_datasets(), value=first.dataset, label="Dataset", elem_id="train-data")
                     n_train = gr.Slider(8, TRAIN_CAP, value=first.n_train, step=1, label="Training pairs",
                                         elem_id="n-train")
+                with gr.Row():
+                    lr = gr.Number(cfg.train.lr, label="Learning rate", elem_id="lr")
+                    weight_decay = gr.Number(cfg.train.weight_decay, label="Weight decay", elem_id="weight-decay")
+                    train_data = gr.Dropdown(list_datasets(), value=first.dataset, label="Dataset",
+                                             elem_id="train-data")
                     caption_mode = gr.Dropdown(list(CAPTION_MODES), value="prefix", elem_id="caption-mode",
                                                label="Caption: visual tokens as LM prefix, or cross-attention")
                 with gr.Row():
@@ -737,9 +875,10 @@ def build_demo() -> gr.Blocks:
 
             with gr.Tab("Checkpoints", id="checkpoints"):
                 gr.Markdown("Upload a vlmviz checkpoint (`.safetensors`), a LLaVA `mm_projector.bin` or a Hugging Face "
-                            "Llava projector (`multi_modal_projector.linear_1/2`). It is checked against the encoder and "
-                            "text space chosen at the top; nothing is unpickled beyond tensors. Checkpoints stay with "
-                            "this browser across reloads.")
+                            "Llava projector (`multi_modal_projector.linear_1/2`). A vlmviz checkpoint is checked "
+                            "against the encoder and text space it names (choosing it sets the top bar to them); a "
+                            "LLaVA projector, which names none, against those the top bar shows. Nothing is unpickled "
+                            "beyond tensors. Checkpoints stay with this browser across reloads.")
                 with gr.Row():
                     ck_file = gr.File(label="Projector file", file_types=[".safetensors", ".bin", ".pt", ".pth"],
                                       elem_id="ck-file")
@@ -788,18 +927,22 @@ def build_demo() -> gr.Blocks:
                            api_visibility="private").then(
                 provenance, [image, prov_token, *model, checkpoints], [prov_img, prov_note], concurrency_limit=4,
                 preprocess=False, api_visibility="private")
-        describe_btn.click(describe_image, [image, projector, describe_mode, checkpoints], description,
-                           api_name="describe", concurrency_limit=2, concurrency_id="describe", preprocess=False)
+        describe_btn.click(describe_image, [image, projector, describe_mode, checkpoints],
+                           [description, describe_note], api_name="describe", concurrency_limit=2,
+                           concurrency_id="describe", preprocess=False)
         heat_caption.change(heatmap, [image, heat_caption, *model, checkpoints], [heat, heat_note],
                             concurrency_limit=4, preprocess=False)
         projector.change(follow_checkpoint, *follow, api_visibility="private")
         dataset.change(functools.partial(bound_pairs, cap=MAP_CAP), dataset, n_points,
                        api_visibility="private")
-        map_btn.click(make_map, [dataset, n_points, method, per_token, *model, checkpoints],
-                      [map_plot, map_metrics, map_note], concurrency_limit=2)
+        map_out = [map_metrics, map_note, map_status, map_pick, map_source]
+        map_btn.click(make_map, [dataset, n_points, method, per_token, *model, checkpoints], [map_plot, *map_out],
+                      concurrency_limit=2, show_progress="hidden")
         linked_btn.click(make_linked_map, [dataset, linked_n, method, linked_color, linked_compare, *model,
-                                           checkpoints], [linked, map_metrics, map_note], concurrency_limit=2,
-                         api_name="linked_map")
+                                           checkpoints], [linked, *map_out], concurrency_limit=2,
+                         api_name="linked_map", show_progress="hidden")
+        map_send.click(send_to_inspect, [map_source, map_pick, projector],
+                       [image, captions, projector, tabs, map_send_msg], api_visibility="private")
         dataset.change(functools.partial(bound_pairs, cap=LINKED_CAP), dataset, linked_n, api_visibility="private")
         checkpoints.change(lambda c: gr.update(choices=["none"] + choices(c)), checkpoints, linked_compare,
                            api_visibility="private")
@@ -811,7 +954,7 @@ def build_demo() -> gr.Blocks:
         start.click(train, [recipe, family, loss, pooling, train_tokens, steps, lr, batch, weight_decay, train_data,
                             n_train, caption_mode, train_encoder, train_text, owner, checkpoints],
                     [curve, before_after, status, download, projector, checkpoints, watch_plot, watch_step],
-                    concurrency_limit=4, show_progress="minimal")
+                    concurrency_limit=4, show_progress="hidden")  # the status line is its one indicator
         watch_step.change(show_watch, [watch_step, owner], watch_plot, api_visibility="private")
         loss.input(caption_settings, loss, [pooling, train_tokens, steps, lr, batch], api_visibility="private")
         for field in (family, loss, pooling, train_tokens, train_encoder, train_text, steps, lr, batch, weight_decay,
@@ -851,6 +994,7 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
     args = parser.parse_args(argv)
+    session.clean_old_sessions()  # browsers unseen for 14 days ($VLMVIZ_SESSION_DAYS) lose their checkpoints
     explore.warm_up_in_background()
     demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port, share=args.share,
                                                    css=CSS, theme=THEME, show_error=True)

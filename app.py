@@ -63,8 +63,12 @@ CSS = """
 #scenes-gallery .grid-container {grid-template-columns: repeat(6, minmax(0, 1fr)) !important;
   grid-template-rows: none !important; grid-auto-rows: auto !important; gap: 6px !important}
 #scenes-gallery .thumbnail-item {height: auto !important; aspect-ratio: 1 / 1}
+#scenes-gallery .caption-label {display: none}
 #words table {table-layout: fixed; width: 100% !important; min-width: 0 !important}
-#words th, #words td {font-size: 0.8em; overflow-wrap: anywhere; word-break: break-word; padding: 2px 4px}
+#words th, #words td {padding: 0 !important}
+#words th *, #words td * {font-family: var(--font) !important; font-size: 12px !important; line-height: 1.25;
+  overflow-wrap: anywhere; word-break: normal}
+#words .cell-wrap {padding: 3px 4px !important}
 #words .table-wrap, #words table {max-width: 100%}
 .vv-note {color: var(--body-text-color-subdued); font-size: 0.9em}
 .vv-msg p {margin: 0.2em 0}

@@ -526,6 +526,13 @@ def test_linked_maps_of_two_connectors_in_the_map_tab(page, artifacts):
     assert "images selected" in frame.locator("#vv-selected").inner_text()
     pg.screenshot(path=str(artifacts / "tab-map-linked.png"), full_page=True)
     assert_page_intact(pg)
+    from vlmviz.data import load_dataset
+
+    last = load_dataset("scenes-1obj", n=60, seed=0).samples[59]  # '#59' as the linked maps' hover numbers it
+    set_dropdown(pg, "map-pick", "#59 ")
+    pg.click("#map-send")
+    wait_text(pg, "#ranking", last.caption)
+    assert_page_intact(pg)
 
 
 def test_train_and_watch_the_held_out_points_move_then_replay_the_steps(page, artifacts):

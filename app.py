@@ -755,7 +755,7 @@ def build_demo() -> gr.Blocks:
                     n_points = gr.Slider(3, len(GALLERY), value=len(GALLERY), step=1, label="Pairs", elem_id="pairs")
                     method = gr.Radio([m.upper() if m != "tsne" else "t-SNE" for m in METHODS], value="PCA",
                                       label="Map", info="images are encoded once and cached, and so are UMAP and t-SNE "
-                                      "fits")
+                                      "fits; the first UMAP in a server also compiles numba (about 40 s)")
                     per_token = gr.Checkbox(False, label="per projected token")
                     map_btn = gr.Button("Draw map", variant="primary", elem_id="draw-map")
                 # the one progress indicator of a map (classic or linked): its own line right under the buttons'
@@ -854,9 +854,12 @@ def build_demo() -> gr.Blocks:
                 status = gr.Markdown("", elem_id="train-status")
                 with gr.Row():
                     curve = gr.Plot(label="Loss and held-out recall", elem_id="train-curve")
-                    with gr.Column(scale=0, min_width=320):
-                        before_after = gr.Dataframe(headers=["metric", "before", "after"], label="Held-out, before / after",
-                                                    elem_id="before-after")
+                    with gr.Column(scale=0, min_width=360):
+                        # long metric names ("open set acc_color (71 candidates)") wrap instead of pushing the
+                        # before / after columns out of view
+                        before_after = gr.Dataframe(headers=["metric", "before", "after"], wrap=True,
+                                                    column_widths=["56%", "22%", "22%"],
+                                                    label="Held-out, before / after", elem_id="before-after")
                         download = gr.File(label="Checkpoint (safetensors)", elem_id="download")
                 with gr.Row():
                     with gr.Column():

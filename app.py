@@ -898,17 +898,21 @@ def build_demo() -> gr.Blocks:
         follow = ([projector, checkpoints, encoder, text], [encoder, text, tokens, connector_note])
         demo.load(restore, browser, [browser, owner, checkpoints, projector, proj_a, proj_b, ck_list],
                   api_visibility="private")
-        demo.load(follow_checkpoint, *follow, api_visibility="private")  # the default built-in fixes the top bar
+        # progress of anything that sets the top bar shows beside it, never over its menus (a built-in connector
+        # built on first use takes minutes)
+        top_bar_busy = dict(show_progress_on=connector_note)
+        demo.load(follow_checkpoint, *follow, api_visibility="private", **top_bar_busy)  # the built-in fixes the bar
         demo.load(apply_recipe, recipe, [family, loss, pooling, train_tokens, steps, lr, batch, weight_decay,
                                          train_data, n_train, train_encoder, train_text, recipe_note],
                   api_visibility="private")
-        gallery.select(pick_gallery, projector, [image, captions, projector])
-        scenes.select(pick_scene, projector, [image, captions, projector])
+        gallery.select(pick_gallery, projector, [image, captions, projector], show_progress="hidden")
+        scenes.select(pick_scene, projector, [image, captions, projector], show_progress="hidden")
         # a new image (or a newly opened VLM) is ranked at once, so nothing about the previous one stays on screen
         opening = [vlm_cached.input(lambda picked: picked, vlm_cached, vlm_path, api_visibility="private").then,
                    vlm_open.click, vlm_path.submit]
         for i, trigger in enumerate(opening):
             trigger(open_vlm, [vlm_path, checkpoints, vlm_opened], [projector, proj_a, proj_b, vlm_msg, vlm_opened],
+                    show_progress_on=vlm_msg,
                     concurrency_limit=1, concurrency_id="open-vlm", api_visibility="private",
                     **({"api_name": "open_vlm"} if i == 1 else {}))
         for trigger, api in ((run.click, "inspect"), (image.change, "inspect_on_change"),
@@ -939,7 +943,7 @@ def build_demo() -> gr.Blocks:
                            concurrency_id="describe", preprocess=False)
         heat_caption.change(heatmap, [image, heat_caption, *model, checkpoints], [heat, heat_note],
                             concurrency_limit=4, preprocess=False)
-        projector.change(follow_checkpoint, *follow, api_visibility="private")
+        projector.change(follow_checkpoint, *follow, api_visibility="private", **top_bar_busy)
         dataset.change(functools.partial(bound_pairs, cap=MAP_CAP), dataset, n_points,
                        api_visibility="private")
         map_out = [map_metrics, map_note, map_status, map_pick, map_source]
@@ -949,7 +953,8 @@ def build_demo() -> gr.Blocks:
                                            checkpoints], [linked, *map_out], concurrency_limit=2,
                          api_name="linked_map", show_progress="hidden")
         map_send.click(send_to_inspect, [map_source, map_pick, projector],
-                       [image, captions, projector, tabs, map_send_msg], api_visibility="private")
+                       [image, captions, projector, tabs, map_send_msg], api_visibility="private",
+                       show_progress="hidden")
         dataset.change(functools.partial(bound_pairs, cap=LINKED_CAP), dataset, linked_n, api_visibility="private")
         checkpoints.change(lambda c: gr.update(choices=["none"] + choices(c)), checkpoints, linked_compare,
                            api_visibility="private")
@@ -975,7 +980,7 @@ def build_demo() -> gr.Blocks:
         cmp_btn.click(compare, [image, captions, proj_a, proj_b, encoder, text, tokens, cmp_data, checkpoints],
                       [label_a, label_b, cmp_table, cmp_msg], concurrency_limit=2, preprocess=False)
         ck_btn.click(upload, [ck_file, encoder, text, ck_tokens, owner, checkpoints],
-                     [ck_msg, checkpoints, projector, proj_a, proj_b, ck_list])
+                     [ck_msg, checkpoints, projector, proj_a, proj_b, ck_list], show_progress_on=ck_msg)
         demo.load(_index_menu, None, lib_index, api_visibility="private")
         lib_build.click(build_index, [lib_folder, lib_connector, owner, checkpoints], [lib_status, lib_index],
                         concurrency_limit=2, concurrency_id="index", api_name="build_index")
@@ -988,7 +993,8 @@ def build_demo() -> gr.Blocks:
                 [lib_hits, lib_paths, lib_note], concurrency_limit=4, api_name="search" if trigger == lib_go.click
                 else None, api_visibility="public" if trigger == lib_go.click else "private")
         lib_hits.select(open_result, [lib_index, lib_paths, lib_recent, checkpoints, owner],
-                        [image, captions, projector, checkpoints, tabs, lib_note], api_visibility="private")
+                        [image, captions, projector, checkpoints, tabs, lib_note], api_visibility="private",
+                        show_progress="hidden")
     return demo
 
 

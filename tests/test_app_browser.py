@@ -333,7 +333,7 @@ def test_describe_says_what_it_needs_then_a_caption_trained_connector_describes(
     set_slider(pg, "steps", 10)
     set_slider(pg, "n-train", 8)  # the gallery images the previous test encoded: cache hits
     pg.click("#start-train")
-    wait_text(pg, "#train-status", "s per step")  # caption steps are slow: the status says what is left
+    wait_text(pg, "#train-status", "Training: about")  # caption steps are slow: the cost is said before it starts
     wait_text(pg, "#train-status", "Finished")
     assert "caption_loss" in text_of(pg, "#before-after")
     pg.get_by_role("tab", name="Inspect").click()

@@ -509,7 +509,11 @@ def test_linked_maps_of_two_connectors_in_the_map_tab(page, artifacts):
     set_slider(pg, "linked-n", 60)
     set_dropdown(pg, "linked-compare", "scenes (low-rank, ViT-S/14 block 4)")
     pg.locator("#draw-linked").click()
-    pg.wait_for_selector("#linked-frame", timeout=LONG)
+    try:
+        pg.wait_for_selector("#linked-frame", timeout=LONG)
+    except Exception as err:  # say where it stood: the Map tab's status line names the stage
+        raise AssertionError(f"no linked maps; status: {text_of(pg, '#map-status')!r}, note: "
+                             f"{text_of(pg, '#map-note')!r}") from err
     frame = pg.frame_locator("#linked-frame")
     frame.locator("#vv-map .nsewdrag").first.wait_for(timeout=LONG)
     assert frame.locator("#vv-map .nsewdrag").count() == 2  # two maps side by side

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import threading
 import time
 
@@ -22,7 +23,7 @@ import gradio as gr  # noqa: E402
 from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, Dinov2Model,  # noqa: E402,F401
                           LlamaForCausalLM, SiglipVisionModel, ViTModel)
 
-from vlmviz import builtins  # noqa: E402
+from vlmviz import builtins, eta  # noqa: E402
 from vlmviz.caption import describe  # noqa: E402
 from vlmviz.runs import scene_connector  # noqa: E402
 from vlmviz.views import background, domain, maps, pipeline, plots, session, vlm_view  # noqa: E402
@@ -60,6 +61,18 @@ CSS = """
 #gallery .grid-container {grid-template-columns: repeat(auto-fill, minmax(64px, 1fr)) !important;
   grid-template-rows: none !important; grid-auto-rows: auto !important; gap: 6px !important}
 #gallery .thumbnail-item {height: auto !important; aspect-ratio: 1 / 1}
+#scenes-gallery .grid-wrap {min-height: 0 !important; max-height: none !important; height: auto !important;
+  overflow-y: visible !important; padding-top: 36px !important}
+#scenes-gallery .grid-container {grid-template-columns: repeat(6, minmax(0, 1fr)) !important;
+  grid-template-rows: none !important; grid-auto-rows: auto !important; gap: 6px !important}
+#scenes-gallery .thumbnail-item {height: auto !important; aspect-ratio: 1 / 1}
+#scenes-gallery .caption-label {display: none}
+#words table {table-layout: fixed; width: 100% !important; min-width: 0 !important}
+#words th, #words td {padding: 0 !important}
+#words th *, #words td * {font-family: var(--font) !important; font-size: 12px !important; line-height: 1.25;
+  overflow-wrap: anywhere; word-break: normal}
+#words .cell-wrap {padding: 3px 4px !important}
+#words .table-wrap, #words table {max-width: 100%}
 .vv-note {color: var(--body-text-color-subdued); font-size: 0.9em}
 .vv-msg p {margin: 0.2em 0}
 footer {display: none !important}
@@ -173,13 +186,14 @@ def nearest_words(image, encoder, text, projector, tokens, checkpoints, lens="em
         return None, session.report(err, "nearest words")
 
 
-@contained("describe", lambda msg: msg)
+@contained("describe", lambda msg: (msg, ""))
 def describe_image(image, projector, mode, checkpoints):
+    """The text, and beside it a warning when the captioner is undertrained or the text is no caption."""
     fallback = DESCRIBE.ready()
     if describe.caption_checkpoint(projector, checkpoints) is None and fallback is None:
         return (describe.describe_choice(projector, checkpoints, None, mode) + " Or build the built-in Describe "
-                "captioner with the button below (" + DESCRIBE.estimate + ").")
-    return describe.describe_choice(projector, checkpoints, session.open_upload(image), mode, fallback=fallback)
+                "captioner with the button below (" + DESCRIBE.estimate + ")."), ""
+    return describe.describe_with_note(projector, checkpoints, session.open_upload(image), mode, fallback=fallback)
 
 
 def describe_status():
@@ -290,54 +304,145 @@ def bound_pairs(dataset, cap):
     return gr.update(maximum=top, value=top) if top < cap else gr.update(maximum=cap)
 
 
-@contained("map", lambda msg: (None, [], msg))
-def make_map(dataset, n, method, per_token, encoder, text, projector, tokens, checkpoints,
-             progress=gr.Progress()):
-    progress(0.02, desc=f"loading {dataset}")
-    samples, skipped = _dataset(dataset, int(n))
-    pipe = pipeline.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
+SEND_MENU = 2000  # samples listed in the send menu; on a larger (linked) map type '#N', which its hover shows
+
+
+def _watch(work, progress, wrap, every: float = 0.5):
+    """Run work() in a thread and yield wrap(status line) until it ends: the one progress indicator of a long
+    action, written in a place of its own (never over the plot or the top bar). Returns work()'s result and
+    re-raises its error (`result = yield from _watch(...)`)."""
+    out = {}
+
+    def run():
+        try:
+            out["ok"] = work()
+        except Exception as err:  # noqa: BLE001 - re-raised in the request below
+            out["err"] = err
+
+    worker = threading.Thread(target=run, name="vlmviz-map", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        yield wrap(f"⏳ {progress.line()}")
+        worker.join(every)
+    if "err" in out:
+        raise out["err"]
+    return out["ok"]
+
+
+def _encode_progress(progress, then: str, fit=None):
+    """The feature cache's callback: count new images, then say what comes next (with its estimate)."""
+
+    def on_encode(done, total):
+        if progress.unit != "images":
+            progress.stage("encoding new images (kept in the feature cache for next time)", unit="images")
+        progress.update(done, total)
+        if done >= total:
+            progress.stage(then, fit)
+
+    return on_encode
+
+
+def _send_menu(dataset, n, samples):
+    """The map's samples for 'send to Inspect', numbered as the map's hover numbers them."""
+    menu = [f"#{i} · {_clamp(s.caption, 70)}" for i, s in enumerate(samples[:SEND_MENU])]
+    return (gr.update(choices=menu, value=menu[0] if menu else None, interactive=True),
+            {"dataset": dataset, "n": int(n)})
+
+
+def _map_failed(msg):
+    return None, [], msg, "", gr.update(choices=[], value=None), None
+
+
+def make_map(dataset, n, method, per_token, encoder, text, projector, tokens, checkpoints):
+    keep = gr.update()
     key = method.lower().replace("-", "")  # "t-SNE" -> tsne
-    result = pipeline.build_map(pipe, samples, key, per_token,
-                               progress=lambda d, t: progress(0.05 + 0.8 * d / max(1, t), desc="encoding images"))
-    progress(0.9, desc="drawing")
-    fig = plots.map_figure(result.frame, f"{pipe.label}: {method} of projected images and captions",
-                           thumbnails=result.thumbnails, method=method,
-                           point_name="projected tokens" if per_token else "images")
-    rows = [[k, round(v, 4) if isinstance(v, float) else v] for k, v in result.metrics.items()]
-    note = result.note + (f"; {skipped} unreadable rows skipped" if skipped else "")
-    return fig, rows, note
+    progress = eta.Progress(f"loading {dataset}")
+
+    def work():
+        samples, skipped = _dataset(dataset, int(n))
+        progress.stage("loading the connector")
+        pipe = pipeline.resolve_pipeline(projector, checkpoints, encoder, text, tokens)
+        points = len(samples) * (17 if per_token else 2)  # images (or up to 16 tokens each) and captions
+        fit = eta.umap_estimate(points) if key == "umap" else None
+        progress.stage(f"projecting and fitting {method}", fit)
+        result = pipeline.build_map(pipe, samples, key, per_token,
+                                   progress=_encode_progress(progress, f"fitting {method}", fit))
+        progress.stage("drawing")
+        fig = plots.map_figure(result.frame, f"{pipe.label}: {method} of projected images and captions",
+                               thumbnails=result.thumbnails, method=method,
+                               point_name="projected tokens" if per_token else "images")
+        rows = [[k, round(v, 4) if isinstance(v, float) else v] for k, v in result.metrics.items()]
+        note = result.note + (f"; {skipped} unreadable rows skipped" if skipped else "")
+        return fig, rows, note, samples
+
+    try:
+        fig, rows, note, samples = yield from _watch(work, progress, lambda line: (keep, keep, keep, line, keep,
+                                                                                      keep))
+    except Exception as err:  # noqa: BLE001 - one message; the page keeps working
+        yield _map_failed(session.report(err, "map"))
+        return
+    yield fig, rows, note, f"Drawn in {time.monotonic() - progress.started:.0f} s.", *_send_menu(dataset, n, samples)
 
 
-@contained("linked map", lambda msg: ("", [], msg))
-def make_linked_map(dataset, n, method, color, compare, encoder, text, projector, tokens, checkpoints,
-                    progress=gr.Progress()):
+def make_linked_map(dataset, n, method, color, compare, encoder, text, projector, tokens, checkpoints):
     """The same images through the top bar's connector and (optionally) a second one, as linked WebGL maps: the
     HTML that `python -m vlmviz map` writes, shown in a frame (hover thumbnails, lasso selection in both)."""
     import hashlib
 
-    progress(0.02, desc=f"loading {dataset}")
-    samples, skipped = _dataset(dataset, int(n))
-    chosen = [projector] + ([compare] if compare and compare != "none" else [])
-    pipes = [(c, pipeline.resolve_pipeline(c, checkpoints, encoder, text, tokens)) for c in chosen]
-    total = len(samples) * len(pipes)
-    done = {"base": 0}
+    keep = gr.update()
+    key = method.lower().replace("-", "")
+    progress = eta.Progress(f"loading {dataset}")
 
-    def on_progress(d, t):
-        progress(0.05 + 0.85 * (done["base"] + d) / max(1, total), desc="projecting images (cached after once)")
-        if d >= t:
-            done["base"] += t
+    def work():
+        samples, skipped = _dataset(dataset, int(n))
+        chosen = [projector] + ([compare] if compare and compare != "none" else [])
+        progress.stage("loading the connectors")
+        pipes = [(c, pipeline.resolve_pipeline(c, checkpoints, encoder, text, tokens)) for c in chosen]
+        fit = eta.umap_estimate(2 * min(len(samples), 20_000)) if key == "umap" else None
+        progress.stage(f"projecting and fitting {method}", fit)
+        result = maps.connector_maps(pipes, samples, key, _encode_progress(progress, f"fitting {method}", fit))
+        progress.stage("drawing")
+        digest = hashlib.sha1(repr((dataset, int(n), method, color, chosen, sorted(checkpoints.items()))).encode())
+        out = maps.write_html(result, samples, MAPS_DIR / f"{digest.hexdigest()[:16]}.html",
+                              color=color if color and color != "none" else None)
+        frame = (f"<iframe id='linked-frame' src='/gradio_api/file={out}' style='width:100%;height:760px;border:0' "
+                 "title='linked maps'></iframe>")
+        rows = [[f"{m.label[:28]}: {k}", round(v, 4) if isinstance(v, float) else v]
+                for m in result for k, v in m.metrics.items()]
+        note = " · ".join(m.note for m in result) + (f"; {skipped} unreadable rows skipped" if skipped else "")
+        return frame, rows, note, samples
 
-    result = maps.connector_maps(pipes, samples, method.lower().replace("-", ""), on_progress)
-    progress(0.95, desc="drawing")
-    key = hashlib.sha1(repr((dataset, int(n), method, color, chosen, sorted(checkpoints.items()))).encode())
-    out = maps.write_html(result, samples, MAPS_DIR / f"{key.hexdigest()[:16]}.html",
-                          color=color if color and color != "none" else None)
-    frame = (f"<iframe id='linked-frame' src='/gradio_api/file={out}' style='width:100%;height:760px;border:0' "
-             "title='linked maps'></iframe>")
-    rows = [[f"{m.label[:28]}: {k}", round(v, 4) if isinstance(v, float) else v]
-            for m in result for k, v in m.metrics.items()]
-    note = " · ".join(m.note for m in result) + (f"; {skipped} unreadable rows skipped" if skipped else "")
-    return frame, rows, note
+    try:
+        frame, rows, note, samples = yield from _watch(work, progress, lambda line: (keep, keep, keep, line, keep,
+                                                                                        keep))
+    except Exception as err:  # noqa: BLE001
+        yield ("", *_map_failed(session.report(err, "linked map"))[1:])
+        return
+    yield frame, rows, note, f"Drawn in {time.monotonic() - progress.started:.0f} s.", *_send_menu(dataset, n,
+                                                                                                 samples)
+
+
+def send_to_inspect(source, choice, projector):
+    """A map sample opens in Inspect with its caption among the candidates, as a scenes-gallery pick does; a
+    built-in connector is swapped for the one made for that kind of image."""
+    keep = gr.update()
+    try:
+        if not source:
+            raise ValueError("draw a map first, then pick one of its samples here")
+        found = re.match(r"\s*#?\s*(\d+)", str(choice or ""))
+        if not found:
+            raise ValueError(f"pick a sample from the list, or type its number as #N (hovering a point shows it); "
+                             f"got {choice!r}")
+        samples, _ = _dataset(source["dataset"], source["n"])
+        path, captions = pipeline.sample_for_inspect(samples, int(found.group(1)))
+        kind = {"gallery": "photo", "digits": "digit"}.get(source["dataset"],
+                                                          "scene" if source["dataset"].startswith("scenes") else None)
+        if kind:
+            domain.remember_source(path, kind)
+        connector = builtins.fitting_built_in(projector, kind) if kind in ("photo", "scene") else projector
+        return path, "\n".join(captions), connector, gr.Tabs(selected="inspect"), ""
+    except Exception as err:  # noqa: BLE001 - said beside the menu; nothing else changes
+        return keep, keep, keep, keep, session.report(err, "sending the sample to Inspect")
 
 
 # ---- Train --------------------------------------------------------------------------------------------------
@@ -375,24 +480,47 @@ def train(recipe, family, loss, pooling, tokens, steps, lr, batch, weight_decay,
     except Exception as err:  # noqa: BLE001 - a bad setting is a message, not an Error badge
         yield keep, keep, session.report(err, "training"), keep, keep, checkpoints, keep, keep
         return
-    yield (None, [], f"Starting: loading {encoder} and {dataset} ...", None, keep, checkpoints, None,
+    # caption training is the long one: say before it starts what it will cost (steps x a step time measured
+    # here last time), and for every run, while it goes, what is left at the rate so far
+    rate_key = f"caption:{family}:{caption_mode}:{int(batch)}:{encoder}" if loss == "caption" else None
+    guess = eta.caption_steps_estimate(rate_key, int(steps), int(batch)) if rate_key else None
+    ahead = f" Training: {eta.say(guess.seconds)} ({guess.why})." if guess else ""
+    yield (None, [], f"Starting: loading {encoder} and {dataset} ...{ahead}", None, keep, checkpoints, None,
            gr.update(visible=False))
-    shown = time.monotonic()
+    shown, clock, first = time.monotonic(), eta.Progress("starting"), None
     for event in job.events():
         now = time.monotonic()
-        if event["type"] == "encode" and now - shown > 0.5:
-            shown = now
-            yield (keep, keep, f"Encoding {dataset} with {encoder}: {event['done']} of {event['total']} new "
-                   "images (kept in the feature cache: the next run on these images skips this) ...", keep, keep,
-                   checkpoints, keep, keep)
+        if event["type"] == "encode":
+            if clock.unit != "images":
+                clock.stage("encoding", unit="images")
+            clock.update(event["done"], event["total"])
+            if now - shown > 0.5:
+                shown = now
+                left = clock.left()
+                yield (keep, keep, f"Encoding {dataset} with {encoder}: {event['done']} of {event['total']} new "
+                       "images (kept in the feature cache: the next run on these images skips this)"
+                       + (f" · {eta.say(left)} left" if left else " ...") + ahead, keep, keep, checkpoints, keep,
+                       keep)
         elif event["type"] == "stage":
             yield keep, keep, "Scoring the held-out scenes open set ...", keep, keep, checkpoints, keep, keep
-        elif event["type"] == "step" and (event.get("metrics") or now - shown > 1.0
-                                          or event["step"] == event["steps"]):
-            shown = now  # redraw about once a second and on every held-out evaluation
-            status = f"step {event['step']}/{event['steps']} · loss {event['loss']:.4f} · lr {event['lr']:.1e}"
-            watch = plots.watch_figure(job.frames, job.watch_text) if event.get("metrics") and job.frames else keep
-            yield plots.training_figure(job.history, job.evals), keep, status, keep, keep, checkpoints, watch, keep
+        elif event["type"] == "step":
+            if first is None:  # the rate is counted from the first step on (loading the LM is not a step)
+                first = event["step"]
+                clock.stage("training", guess)
+            clock.update(event["step"] - first, event["steps"] - first)
+            if event.get("metrics") or now - shown > 1.0 or event["step"] == event["steps"]:
+                shown = now  # redraw about once a second and on every held-out evaluation
+                status = f"step {event['step']}/{event['steps']} · loss {event['loss']:.4f} · lr {event['lr']:.1e}"
+                left = clock.left()
+                if clock.done and left:
+                    status += (f" · {(now - clock.stage_started) / clock.done:.2f} s per step · {eta.say(left)} "
+                               "left")
+                watch = (plots.watch_figure(job.frames, job.watch_text) if event.get("metrics") and job.frames
+                         else keep)
+                yield (plots.training_figure(job.history, job.evals), keep, status, keep, keep, checkpoints, watch,
+                       keep)
+    if rate_key and clock.done >= 2:  # the next caption run's estimate
+        eta.remember(rate_key, (time.monotonic() - clock.stage_started) / clock.done)
     checkpoints = session.list_checkpoints(who)
     figure = plots.training_figure(job.history, job.evals) if job.history else None
     run = job.result
@@ -606,6 +734,7 @@ def build_demo() -> gr.Blocks:
                             describe_btn = gr.Button("Describe", elem_id="describe")
                         description = gr.Textbox(label="What the LM says through a caption-trained connector",
                                                  lines=3, interactive=False, elem_id="description")
+                        describe_note = gr.Markdown(elem_id="describe-note", elem_classes="vv-msg")
                         with gr.Row():
                             describe_line = gr.Markdown(elem_id="describe-status", elem_classes="vv-note")
                             build_captioner = gr.Button("Build the Describe captioner", size="sm", visible=False,
@@ -655,9 +784,12 @@ def build_demo() -> gr.Blocks:
                     n_points = gr.Slider(3, len(GALLERY), value=len(GALLERY), step=1, label="Pairs", elem_id="pairs")
                     method = gr.Radio([m.upper() if m != "tsne" else "t-SNE" for m in METHODS], value="PCA",
                                       label="Map", info="images are encoded once and cached, and so are UMAP and t-SNE "
-                                      "fits")
+                                      "fits; the first UMAP in a server also compiles numba (about 40 s)")
                     per_token = gr.Checkbox(False, label="per projected token")
                     map_btn = gr.Button("Draw map", variant="primary", elem_id="draw-map")
+                # the one progress indicator of a map (classic or linked): its own line right under the buttons'
+                # row, so nothing covers the plot or the top bar while it computes
+                map_status = gr.Markdown(elem_id="map-status", elem_classes="vv-note")
                 with gr.Accordion("Linked maps at scale: up to 100,000 pairs, two connectors side by side",
                                   open=False, elem_id="linked-acc"):
                     with gr.Row():
@@ -674,6 +806,13 @@ def build_demo() -> gr.Blocks:
                                 "and kept; above 20,000 points UMAP is fitted on a sample and the rest placed, which "
                                 "the map says.", elem_classes="vv-note")
                     linked = gr.HTML(elem_id="linked-map")
+                with gr.Row(elem_id="map-send-row"):
+                    map_pick = gr.Dropdown([], label="Send a sample of the map to Inspect (#N as the map's hover "
+                                           "numbers it; type #N for any sample)", allow_custom_value=True, scale=4,
+                                           elem_id="map-pick")
+                    map_send = gr.Button("Open in Inspect", scale=1, min_width=140, elem_id="map-send")
+                    map_send_msg = gr.Markdown(elem_id="map-send-msg", elem_classes="vv-msg")
+                map_source = gr.State(None)
                 with gr.Row():
                     map_plot = gr.Plot(label="Projected images and captions", elem_id="map-plot")
                     with gr.Column(scale=0, min_width=300):
@@ -726,14 +865,16 @@ def build_demo() -> gr.Blocks:
                                                 allow_custom_value=True, elem_id="train-encoder")
                     train_text = gr.Dropdown(list_text_spaces(), value=cfg.text.name, label="Text space",
                                              allow_custom_value=True, elem_id="train-text")
-                with gr.Row():
+                with gr.Row():  # the sliders in a row of their own: squeezed, they cut off their maximum ("40")
                     steps = gr.Slider(10, 4000, value=cfg.train.steps, step=10, label="Steps", elem_id="steps")
-                    lr = gr.Number(cfg.train.lr, label="Learning rate", elem_id="lr")
                     batch = gr.Slider(8, 256, value=cfg.train.batch_size, step=8, label="Batch", elem_id="batch")
-                    weight_decay = gr.Number(cfg.train.weight_decay, label="Weight decay", elem_id="weight-decay")
-                    train_data = gr.Dropdown(list_datasets(), value=first.dataset, label="Dataset", elem_id="train-data")
                     n_train = gr.Slider(8, TRAIN_CAP, value=first.n_train, step=1, label="Training pairs",
                                         elem_id="n-train")
+                with gr.Row():
+                    lr = gr.Number(cfg.train.lr, label="Learning rate", elem_id="lr")
+                    weight_decay = gr.Number(cfg.train.weight_decay, label="Weight decay", elem_id="weight-decay")
+                    train_data = gr.Dropdown(list_datasets(), value=first.dataset, label="Dataset",
+                                             elem_id="train-data")
                     caption_mode = gr.Dropdown(list(CAPTION_MODES), value="prefix", elem_id="caption-mode",
                                                label="Caption: visual tokens as LM prefix, or cross-attention")
                 with gr.Row():
@@ -742,9 +883,12 @@ def build_demo() -> gr.Blocks:
                 status = gr.Markdown("", elem_id="train-status")
                 with gr.Row():
                     curve = gr.Plot(label="Loss and held-out recall", elem_id="train-curve")
-                    with gr.Column(scale=0, min_width=320):
-                        before_after = gr.Dataframe(headers=["metric", "before", "after"], label="Held-out, before / after",
-                                                    elem_id="before-after")
+                    with gr.Column(scale=0, min_width=360):
+                        # long metric names ("open set acc_color (71 candidates)") wrap instead of pushing the
+                        # before / after columns out of view
+                        before_after = gr.Dataframe(headers=["metric", "before", "after"], wrap=True,
+                                                    column_widths=["56%", "22%", "22%"],
+                                                    label="Held-out, before / after", elem_id="before-after")
                         download = gr.File(label="Checkpoint (safetensors)", elem_id="download")
                 with gr.Row():
                     with gr.Column():
@@ -767,9 +911,10 @@ def build_demo() -> gr.Blocks:
 
             with gr.Tab("Checkpoints", id="checkpoints"):
                 gr.Markdown("Upload a vlmviz checkpoint (`.safetensors`), a LLaVA `mm_projector.bin` or a Hugging Face "
-                            "Llava projector (`multi_modal_projector.linear_1/2`). It is checked against the encoder and "
-                            "text space chosen at the top; nothing is unpickled beyond tensors. Checkpoints stay with "
-                            "this browser across reloads.")
+                            "Llava projector (`multi_modal_projector.linear_1/2`). A vlmviz checkpoint is checked "
+                            "against the encoder and text space it names (choosing it sets the top bar to them); a "
+                            "LLaVA projector, which names none, against those the top bar shows. Nothing is unpickled "
+                            "beyond tensors. Checkpoints stay with this browser across reloads.")
                 with gr.Row():
                     ck_file = gr.File(label="Projector file", file_types=[".safetensors", ".bin", ".pt", ".pth"],
                                       elem_id="ck-file")
@@ -782,17 +927,21 @@ def build_demo() -> gr.Blocks:
         follow = ([projector, checkpoints, encoder, text], [encoder, text, tokens, connector_note])
         demo.load(restore, browser, [browser, owner, checkpoints, projector, proj_a, proj_b, ck_list],
                   api_visibility="private")
-        demo.load(follow_checkpoint, *follow, api_visibility="private")  # the default built-in fixes the top bar
+        # progress of anything that sets the top bar shows beside it, never over its menus (a built-in connector
+        # built on first use takes minutes)
+        top_bar_busy = dict(show_progress_on=connector_note)
+        demo.load(follow_checkpoint, *follow, api_visibility="private", **top_bar_busy)  # the built-in fixes the bar
         demo.load(apply_recipe, recipe, [family, loss, pooling, train_tokens, steps, lr, batch, weight_decay,
                                          train_data, n_train, train_encoder, train_text, recipe_note],
                   api_visibility="private")
-        gallery.select(pick_gallery, projector, [image, captions, projector])
-        scenes.select(pick_scene, projector, [image, captions, projector])
+        gallery.select(pick_gallery, projector, [image, captions, projector], show_progress="hidden")
+        scenes.select(pick_scene, projector, [image, captions, projector], show_progress="hidden")
         # a new image (or a newly opened VLM) is ranked at once, so nothing about the previous one stays on screen
         opening = [vlm_cached.input(lambda picked: picked, vlm_cached, vlm_path, api_visibility="private").then,
                    vlm_open.click, vlm_path.submit]
         for i, trigger in enumerate(opening):
             trigger(open_vlm, [vlm_path, checkpoints, vlm_opened], [projector, proj_a, proj_b, vlm_msg, vlm_opened],
+                    show_progress_on=vlm_msg,
                     concurrency_limit=1, concurrency_id="open-vlm", api_visibility="private",
                     **({"api_name": "open_vlm"} if i == 1 else {}))
         for trigger, api in ((run.click, "inspect"), (image.change, "inspect_on_change"),
@@ -824,18 +973,23 @@ def build_demo() -> gr.Blocks:
         describe_timer.tick(describe_status, None, captioner_outputs, **quiet)
         build_captioner.click(describe_build, None, captioner_outputs, **quiet)
         cancel_captioner.click(describe_cancel, None, captioner_outputs, **quiet)
-        describe_btn.click(describe_image, [image, projector, describe_mode, checkpoints], description,
-                           api_name="describe", concurrency_limit=2, concurrency_id="describe", preprocess=False)
+        describe_btn.click(describe_image, [image, projector, describe_mode, checkpoints],
+                           [description, describe_note], api_name="describe", concurrency_limit=2,
+                           concurrency_id="describe", preprocess=False)
         heat_caption.change(heatmap, [image, heat_caption, *model, checkpoints], [heat, heat_note],
                             concurrency_limit=4, preprocess=False)
-        projector.change(follow_checkpoint, *follow, api_visibility="private")
+        projector.change(follow_checkpoint, *follow, api_visibility="private", **top_bar_busy)
         dataset.change(functools.partial(bound_pairs, cap=MAP_CAP), dataset, n_points,
                        api_visibility="private")
-        map_btn.click(make_map, [dataset, n_points, method, per_token, *model, checkpoints],
-                      [map_plot, map_metrics, map_note], concurrency_limit=2)
+        map_out = [map_metrics, map_note, map_status, map_pick, map_source]
+        map_btn.click(make_map, [dataset, n_points, method, per_token, *model, checkpoints], [map_plot, *map_out],
+                      concurrency_limit=2, show_progress="hidden")
         linked_btn.click(make_linked_map, [dataset, linked_n, method, linked_color, linked_compare, *model,
-                                           checkpoints], [linked, map_metrics, map_note], concurrency_limit=2,
-                         api_name="linked_map")
+                                           checkpoints], [linked, *map_out], concurrency_limit=2,
+                         api_name="linked_map", show_progress="hidden")
+        map_send.click(send_to_inspect, [map_source, map_pick, projector],
+                       [image, captions, projector, tabs, map_send_msg], api_visibility="private",
+                       show_progress="hidden")
         dataset.change(functools.partial(bound_pairs, cap=LINKED_CAP), dataset, linked_n, api_visibility="private")
         checkpoints.change(lambda c: gr.update(choices=["none"] + choices(c)), checkpoints, linked_compare,
                            api_visibility="private")
@@ -847,7 +1001,7 @@ def build_demo() -> gr.Blocks:
         start.click(train, [recipe, family, loss, pooling, train_tokens, steps, lr, batch, weight_decay, train_data,
                             n_train, caption_mode, train_encoder, train_text, owner, checkpoints],
                     [curve, before_after, status, download, projector, checkpoints, watch_plot, watch_step],
-                    concurrency_limit=4, show_progress="minimal")
+                    concurrency_limit=4, show_progress="hidden")  # the status line is its one indicator
         watch_step.change(show_watch, [watch_step, owner], watch_plot, api_visibility="private")
         loss.input(caption_settings, loss, [pooling, train_tokens, steps, lr, batch], api_visibility="private")
         for field in (family, loss, pooling, train_tokens, train_encoder, train_text, steps, lr, batch, weight_decay,
@@ -861,7 +1015,7 @@ def build_demo() -> gr.Blocks:
         cmp_btn.click(compare, [image, captions, proj_a, proj_b, encoder, text, tokens, cmp_data, checkpoints],
                       [label_a, label_b, cmp_table, cmp_msg], concurrency_limit=2, preprocess=False)
         ck_btn.click(upload, [ck_file, encoder, text, ck_tokens, owner, checkpoints],
-                     [ck_msg, checkpoints, projector, proj_a, proj_b, ck_list])
+                     [ck_msg, checkpoints, projector, proj_a, proj_b, ck_list], show_progress_on=ck_msg)
         demo.load(_index_menu, None, lib_index, api_visibility="private")
         lib_build.click(build_index, [lib_folder, lib_connector, owner, checkpoints], [lib_status, lib_index],
                         concurrency_limit=2, concurrency_id="index", api_name="build_index")
@@ -874,7 +1028,8 @@ def build_demo() -> gr.Blocks:
                 [lib_hits, lib_paths, lib_note], concurrency_limit=4, api_name="search" if trigger == lib_go.click
                 else None, api_visibility="public" if trigger == lib_go.click else "private")
         lib_hits.select(open_result, [lib_index, lib_paths, lib_recent, checkpoints, owner],
-                        [image, captions, projector, checkpoints, tabs, lib_note], api_visibility="private")
+                        [image, captions, projector, checkpoints, tabs, lib_note], api_visibility="private",
+                        show_progress="hidden")
     return demo
 
 
@@ -887,6 +1042,7 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
     args = parser.parse_args(argv)
+    session.clean_old_sessions()  # browsers unseen for 14 days ($VLMVIZ_SESSION_DAYS) lose their checkpoints
     pipeline.warm_up_in_background()
     if os.environ.get("VLMVIZ_BUILD_DESCRIBE", "1") != "0" and DESCRIBE.start():  # first start: build it once
         print("[vlmviz] building the built-in Describe captioner in the background (" + DESCRIBE.estimate + "); "

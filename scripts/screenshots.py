@@ -3,8 +3,8 @@
     .venv/bin/python scripts/screenshots.py [--out artifacts/screenshots] [--sizes 1440x1000 1024x768] [--train]
 
 Serves the app on a free loopback port, drives Debian's Chromium through Playwright (the browser tests' setup),
-clicks what a newcomer clicks first on each tab (Rank captions, Draw map, Compare), and writes one full-page PNG per
-tab and size. --train also runs a short training on 40 scenes so the Train tab shows a curve (a minute or two).
+clicks what a newcomer clicks first on each tab (Rank captions, Draw map and send one of its samples to Inspect,
+Compare), and writes one full-page PNG per tab and size. --train also runs a short training on 40 scenes so the Train tab shows a curve (a minute or two).
 """
 from __future__ import annotations
 
@@ -57,6 +57,14 @@ def tour(pg, url: str, out: Path, train: bool) -> None:
     pg.click("#draw-map")
     wait_text(pg, "#map-metrics", "modality_gap")
     shoot(pg, out, "map")
+    pick = pg.locator("#map-pick input")  # one sample of the map, sent to Inspect
+    pick.click()
+    pg.locator("ul[role=listbox] li", has_text="#3 ").first.click()
+    pg.click("#map-send")
+    wait_text(pg, "#ranking", "tabby")
+    pg.wait_for_function("document.body.innerText.includes('grid of projected tokens')", timeout=LONG)
+    shoot(pg, out, "map-sample-in-inspect")
+    pg.get_by_role("tab", name="Map").click()
     pg.get_by_role("tab", name="Train").click()
     wait_text(pg, "#recipe-note", "Expected")
     if train:

@@ -136,7 +136,8 @@ def test_a_slow_umap_does_not_block_inspecting(app_url):
                                   "smollm2-135m", "untrained linear", "all", 0.07, api_name="/inspect")
     assert len(label["confidences"]) == 2
     assert not job.done()  # inspect answered while the UMAP map (numba JIT, first fit) was still running
-    fig, metrics, note = job.result(timeout=600)
+    fig, metrics, note, status, *_ = job.result(timeout=600)
+    assert status.startswith("Drawn in")
     assert "UMAP" in note and any(row[0] == "modality_gap" for row in metrics["data"])
 
 
@@ -153,13 +154,13 @@ def test_describe_needs_a_caption_connector_then_describes(app_url, tmp_path):
 
     client = Client(app_url, verbose=False)
     image = handle_file(str(load_gallery()[0].path))
-    message = client.predict(image, "untrained linear", "greedy", api_name="/describe")
-    assert not message.startswith("⚠️")
+    message, note = client.predict(image, "untrained linear", "greedy", api_name="/describe")
+    assert not message.startswith("⚠️") and note == ""
     assert "untrained connector" in message and "caption objective" in message and "--preset caption-stage1" in message
     retrieval = save_checkpoint(tmp_path / "ret.safetensors", build_projector("linear", 768, 576), encoder="vit-s14",
                                 tokens="cls+mean", text="smollm2-135m", pooling="mean", loss="infonce")
     client.predict(handle_file(str(retrieval)), "vit-s14", "smollm2-135m", "patch", api_name="/upload")
-    assert "not trained to caption" in client.predict(image, "uploaded ret", "greedy", api_name="/describe")
+    assert "not trained to caption" in client.predict(image, "uploaded ret", "greedy", api_name="/describe")[0]
 
     vlm = build_vlm("smollm2-135m")
     try:
@@ -170,15 +171,16 @@ def test_describe_needs_a_caption_connector_then_describes(app_url, tmp_path):
         vlm.close()
     message, *_ = client.predict(handle_file(str(cap)), "vit-s14", "smollm2-135m", "patch", api_name="/upload")
     assert "uploaded cap" in message
-    greedy = client.predict(image, "uploaded cap", "greedy", api_name="/describe")
+    greedy, note = client.predict(image, "uploaded cap", "greedy", api_name="/describe")
     assert isinstance(greedy, str) and greedy.strip() and "caption objective" not in greedy
-    assert client.predict(image, "uploaded cap", "greedy", api_name="/describe") == greedy
-    sampled = client.predict(image, "uploaded cap", "sampled", api_name="/describe")
+    assert "no recorded step count" in note and "What helps" in note  # an untrained captioner: said beside it
+    assert client.predict(image, "uploaded cap", "greedy", api_name="/describe")[0] == greedy
+    sampled, _ = client.predict(image, "uploaded cap", "sampled", api_name="/describe")
     assert isinstance(sampled, str) and sampled.strip()
     fake = tmp_path / "fake.png"
     fake.write_text("I am text")
-    message = client.predict(handle_file(str(fake)), "uploaded cap", "greedy", api_name="/describe")
-    assert message.startswith("⚠️") and "fake.png: not a readable image" in message
+    message, note = client.predict(handle_file(str(fake)), "uploaded cap", "greedy", api_name="/describe")
+    assert note == "" and message.startswith("⚠️") and "fake.png: not a readable image" in message
 
 
 def test_two_runs_get_unique_labels_files_named_like_them_and_the_new_one_selected(client):

@@ -89,6 +89,36 @@ def test_inspect_ranks_and_changes_with_the_image(page, artifacts, tmp_path):
     assert_page_intact(pg)
 
 
+def test_lens_and_layer_selectors_reread_the_words_of_a_scene(page, artifacts):
+    """Issue 18: a held-out scene through the scenes connector (SmolLM2 text space), read through the embedding,
+    logit and contextual lenses at two LM layers; each choice rewrites the word panel and the page stays whole."""
+    pg = page
+    pg.get_by_role("tab", name="Inspect").click()
+    pg.locator("#scenes-gallery .thumbnail-item").nth(0).click()
+    pg.wait_for_function("document.querySelector('#projector input').value.startsWith('scenes')", timeout=LONG)
+    pg.wait_for_function("document.body.innerText.includes('projected tokens (no grid)')", timeout=LONG)
+    words = {"embedding": text_of(pg, "#words")}
+    set_dropdown(pg, "words-lens", "logit")
+    pg.wait_for_function("document.body.innerText.includes('logit lens at layer 8')", timeout=LONG)
+    words["logit 8"] = text_of(pg, "#words")
+    set_slider(pg, "words-layer", 4)
+    pg.wait_for_function("document.body.innerText.includes('logit lens at layer 4')", timeout=LONG)
+    words["logit 4"] = text_of(pg, "#words")
+    set_dropdown(pg, "words-lens", "contextual")
+    pg.wait_for_function("document.body.innerText.includes('contextual lens at layer 4')", timeout=LONG)
+    words["contextual 4"] = text_of(pg, "#words")
+    pg.screenshot(path=str(artifacts / "inspect-lens-contextual.png"), full_page=True)
+    # each lens reads the token its own way (the logit lens may say the same at two layers: the note tells them
+    # apart, and a layer it had not read before must still come back)
+    assert words["embedding"] != words["logit 8"] and words["logit 4"] != words["contextual 4"], words
+    assert all("#0:" in w for w in words.values())  # one pooled token, read as words each time
+    assert_page_intact(pg)
+    set_dropdown(pg, "words-lens", "embedding")  # leave the panel as the next tests expect it
+    set_slider(pg, "words-layer", 8)
+    rank_gallery_image(pg, 0, "astronaut")  # and back to the photo connector
+    pg.wait_for_function("document.querySelector('#projector input').value.startsWith('photo')", timeout=LONG)
+
+
 def test_bad_images_and_captions_give_one_message_and_the_next_action_works(page, tmp_path):
     from PIL import Image
 
@@ -128,6 +158,61 @@ def test_map_tab_draws_a_map_with_metrics(page, artifacts):
     pg.screenshot(path=str(artifacts / "tab-map.png"), full_page=True)
 
 
+WATCH_MAP = """() => { window.vvMapBusy = [];
+  new MutationObserver(() => {
+    const status = document.querySelector('#map-status').innerText;
+    if (!status.includes('⏳')) return;
+    const tracker = document.querySelector('#map-plot .wrap');  // Gradio's progress overlay of the plot
+    window.vvMapBusy.push({status, covered: !!tracker && !tracker.classList.contains('hide'),
+                           plot: !!document.querySelector('#map-plot .js-plotly-plot')});
+  }).observe(document.querySelector('#map-status'), {childList: true, subtree: true, characterData: true});
+}"""
+
+
+def test_map_progress_stays_off_the_plot_and_a_sample_opens_in_inspect(page, artifacts, tmp_path):
+    """Scenes never encoded (an empty feature cache) keep the Map busy a while: its one progress line counts them
+    in its own place while the previous map stays in view, uncovered. Then one sample of the map, picked from the
+    menu, opens in Inspect with its caption and its colour-swapped twin among the candidates."""
+    from vlmviz.data import load_dataset
+
+    pg = page
+    pg.get_by_role("tab", name="Map").click()
+    pg.wait_for_selector("#map-plot .js-plotly-plot", timeout=LONG)  # the gallery map the previous test drew
+    set_dropdown(pg, "map-data", "scenes-1obj")
+    pg.wait_for_function("document.querySelector('#pairs input[type=number]').max === '300'", timeout=LONG)
+    set_slider(pg, "pairs", 120)  # about 5 s of encoding on an idle CPU
+    pg.evaluate(WATCH_MAP)
+    os.environ["VLMVIZ_FEATURES"] = str(tmp_path / "features")
+    try:
+        pg.click("#draw-map")
+        pg.wait_for_function("window.vvMapBusy.length && document.querySelector('#map-status').innerText"
+                             ".includes('Drawn in')", timeout=LONG)  # busy, then drawn
+    finally:
+        del os.environ["VLMVIZ_FEATURES"]
+    busy = pg.evaluate("window.vvMapBusy")
+    assert busy and any("encoding new images" in b["status"] for b in busy), busy
+    assert not any(b["covered"] for b in busy) and all(b["plot"] for b in busy), busy
+    wait_text(pg, "#map-note", "120 projected images")
+    sample = load_dataset("scenes-1obj", n=120, seed=0).samples[3]
+    set_dropdown(pg, "map-pick", "#3 ")
+    pg.screenshot(path=str(artifacts / "map-send.png"), full_page=True)
+    pg.click("#map-send")
+    wait_text(pg, "#ranking", sample.caption)
+    assert pg.get_by_role("tab", name="Inspect").get_attribute("aria-selected") == "true"
+    assert sample.meta["swapped"] in text_of(pg, "#ranking")  # the hard negative is among the candidates
+    assert dropdown_value(pg, "projector").startswith("scenes")  # the built-in made for scenes
+    wait_text(pg, "#fit-note", "synthetic scene of that kind")
+    pg.screenshot(path=str(artifacts / "map-sent-to-inspect.png"), full_page=True)
+    assert_page_intact(pg)
+    pg.get_by_role("tab", name="Map").click()
+    pg.locator("#map-pick input").fill("#999")
+    pg.locator("#map-pick input").press("Enter")
+    pg.click("#map-send")
+    wait_text(pg, "#map-send-msg", "sample #999 is not on this map; it has #0 to #119")
+    assert_page_intact(pg)
+    rank_gallery_image(pg, 0, "astronaut")  # the next action works, back on the photo connector
+
+
 def test_bad_checkpoints_give_one_message_and_keep_the_top_bar(page, artifacts, tmp_path):
     from PIL import Image
 
@@ -154,6 +239,9 @@ def test_bad_checkpoints_give_one_message_and_keep_the_top_bar(page, artifacts, 
                              "(document.querySelector('#ck-msg').innerText.trim())", timeout=LONG)
         assert "/tmp" not in text_of(pg, "#ck-msg") and text_of(pg, "#ck-list tbody") == before
         assert_page_intact(pg)
+    top = dropdown_value(pg, "encoder")  # the built-in photo connector shows efficientnet-lite0 there
+    if top != "vit-s14":  # the wrong-shape message says whose encoder it was checked against
+        assert f"names (vit-s14, cls+mean tokens; smollm2-135m), not the top bar's {top}" in text_of(pg, "#ck-msg")
     pg.screenshot(path=str(artifacts / "tab-checkpoints.png"), full_page=True)
 
 
@@ -189,8 +277,10 @@ def test_cancel_during_training_keeps_the_partial_run_selected_and_labelled(page
     set_slider(pg, "steps", 4000)
     set_slider(pg, "n-train", 8)
     pg.click("#start-train")
-    wait_text(pg, "#train-status", "step ")
+    wait_text(pg, "#train-status", "s per step")  # the status line counts down what is left
+    assert " left" in text_of(pg, "#train-status")
     pg.wait_for_selector("#train-curve .js-plotly-plot", timeout=LONG)
+    assert "hide" in pg.locator("#train-curve .wrap").first.get_attribute("class")  # nothing covers the curve
     pg.screenshot(path=str(artifacts / "tab-train-running.png"), full_page=True)
     pg.click("#cancel-train")
     wait_text(pg, "#train-status", "Cancelled after")
@@ -243,6 +333,7 @@ def test_describe_says_what_it_needs_then_a_caption_trained_connector_describes(
     set_slider(pg, "steps", 10)
     set_slider(pg, "n-train", 8)  # the gallery images the previous test encoded: cache hits
     pg.click("#start-train")
+    wait_text(pg, "#train-status", "Training: about")  # caption steps are slow: the cost is said before it starts
     wait_text(pg, "#train-status", "Finished")
     assert "caption_loss" in text_of(pg, "#before-after")
     pg.get_by_role("tab", name="Inspect").click()
@@ -251,6 +342,8 @@ def test_describe_says_what_it_needs_then_a_caption_trained_connector_describes(
     pg.wait_for_function("(v => v && !v.includes('caption objective'))"
                          "(document.querySelector('#description textarea').value)", timeout=LONG)
     assert pg.locator("#description textarea").input_value().strip()
+    wait_text(pg, "#describe-note", "What helps")  # 10 steps: never shown as a caption without a warning
+    assert "⚠️" in text_of(pg, "#describe-note") and "10 training steps" in text_of(pg, "#describe-note")
     pg.screenshot(path=str(artifacts / "tab-inspect-describe.png"), full_page=True)
 
 
@@ -467,7 +560,11 @@ def test_linked_maps_of_two_connectors_in_the_map_tab(page, artifacts):
     set_slider(pg, "linked-n", 60)
     set_dropdown(pg, "linked-compare", "scenes (low-rank, ViT-S/14 block 4)")
     pg.locator("#draw-linked").click()
-    pg.wait_for_selector("#linked-frame", timeout=LONG)
+    try:
+        pg.wait_for_selector("#linked-frame", timeout=LONG)
+    except Exception as err:  # say where it stood: the Map tab's status line names the stage
+        raise AssertionError(f"no linked maps; status: {text_of(pg, '#map-status')!r}, note: "
+                             f"{text_of(pg, '#map-note')!r}") from err
     frame = pg.frame_locator("#linked-frame")
     frame.locator("#vv-map .nsewdrag").first.wait_for(timeout=LONG)
     assert frame.locator("#vv-map .nsewdrag").count() == 2  # two maps side by side
@@ -483,6 +580,13 @@ def test_linked_maps_of_two_connectors_in_the_map_tab(page, artifacts):
     frame.locator("#vv-selected b").wait_for(timeout=30_000)
     assert "images selected" in frame.locator("#vv-selected").inner_text()
     pg.screenshot(path=str(artifacts / "tab-map-linked.png"), full_page=True)
+    assert_page_intact(pg)
+    from vlmviz.data import load_dataset
+
+    last = load_dataset("scenes-1obj", n=60, seed=0).samples[59]  # '#59' as the linked maps' hover numbers it
+    set_dropdown(pg, "map-pick", "#59 ")
+    pg.click("#map-send")
+    wait_text(pg, "#ranking", last.caption)
     assert_page_intact(pg)
 
 

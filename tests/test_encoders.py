@@ -171,6 +171,41 @@ def test_any_hf_vision_model_at_a_layer(kind, tmp_path):
         assert torch.allclose(enc(pixels), torch.cat([hidden[k] for k in layers], dim=-1), atol=1e-6)
 
 
+def test_a_layer_reader_leaves_other_threads_forwards_alone(tmp_path):
+    """`NAME@K` stops the shared model after block K with a hook; a whole-model forward that another thread runs
+    meanwhile (the app's concurrent requests: Describe on vit-s14 while a map encodes vit-s14@4) must run to the
+    end, not be stopped by that hook."""
+    import threading
+
+    folder = _tiny("dinov2", tmp_path)
+    whole, first = load_vision_encoder(str(folder)), load_vision_encoder(f"{folder}@1")
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = whole.model(pixel_values=pixels).last_hidden_state
+    seen = {}
+
+    def other_thread():
+        try:
+            with torch.no_grad():
+                seen["out"] = whole.model(pixel_values=pixels).last_hidden_state
+        except Exception as err:  # noqa: BLE001
+            seen["err"] = err
+
+    def meanwhile(module, args):  # inside the layer reader's forward, its hooks registered: another thread runs
+        if threading.current_thread() is threading.main_thread() and "out" not in seen and "err" not in seen:
+            worker = threading.Thread(target=other_thread)
+            worker.start()
+            worker.join()
+
+    pre = first._blocks()[0].register_forward_pre_hook(meanwhile)
+    try:
+        with torch.no_grad():
+            first(pixels)
+    finally:
+        pre.remove()
+    assert "err" not in seen and torch.allclose(seen["out"], expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_full_clip_and_siglip_checkpoints_give_their_vision_tower(family, tmp_path):
     import transformers as tf

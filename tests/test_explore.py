@@ -49,3 +49,21 @@ def test_python_api_mistakes_say_what_was_expected(cat):
     with pytest.raises(ValueError, match="got NoneType; expected an image"):
         load_image(None)
     assert [r["caption"] for r in pipe.rank_captions(cat.path, ["a cat", "a dog"])] != []
+
+
+def test_a_map_sample_goes_to_inspect_with_its_caption_first_and_hard_captions_next():
+    from PIL import Image
+
+    from vlmviz.data import load_dataset, load_gallery
+    from vlmviz.views.pipeline import sample_for_inspect
+
+    scenes = load_dataset("scenes-1obj", n=12, seed=0).samples
+    path, captions = sample_for_inspect(scenes, 3)
+    assert Image.open(path).size == scenes[3].load().size  # a generated scene, saved where the app may serve it
+    assert captions[:2] == [scenes[3].caption, scenes[3].meta["swapped"]] and len(set(captions)) == len(captions) == 6
+    photos = load_dataset("gallery").samples
+    path, captions = sample_for_inspect(photos, 3)
+    cat = load_gallery()[3]
+    assert path == str(cat.path) and captions == [cat.caption, *cat.distractors][:6]  # its written distractors
+    with pytest.raises(ValueError, match="sample #12 is not on this map; it has #0 to #11"):
+        sample_for_inspect(scenes, 12)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import threading
 from pathlib import Path
+
+
+# transformers' from_pretrained swaps process-wide state while it runs (PreTrainedModel.tie_weights becomes a no-op,
+# the default dtype changes) and puts back what it found: two loads at once in threads can leave tie_weights a no-op
+# for good, and every later LM with tied embeddings then keeps its head on the meta device ("Cannot copy out of meta
+# tensor": the app's logit lens, after two requests had loaded MiniLM together). Every model load takes this lock.
+MODEL_LOAD = threading.RLock()
 
 
 def offline() -> bool:

@@ -329,11 +329,12 @@ def language_model(text_space):
 def _hf_lm(name_or_path: str, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .hub import offline
+    from .hub import MODEL_LOAD, offline
     from .text.hf_causal import freeze
 
     kw = {"local_files_only": offline()}
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kw).to(device)
+    with MODEL_LOAD:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kw).to(device)
     return freeze(model), AutoTokenizer.from_pretrained(name_or_path, **kw)
 
 

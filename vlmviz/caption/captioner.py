@@ -54,11 +54,13 @@ def _load_lm(name: str):
                          "Hugging Face causal LM folder)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..hub import MODEL_LOAD
     from ..text.hf_causal import freeze, offline
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline())
-        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=offline())
+        with MODEL_LOAD:
+            model = AutoModelForCausalLM.from_pretrained(name, local_files_only=offline())
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot load {name!r} as a causal LM: expected {BUNDLED_LM} or a Hugging Face causal LM "
                          f"folder / cached id ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..hub import MODEL_LOAD
 from .base import VisionEncoder
 
 CLS_TYPES = {"clip": True, "clip_vision_model": True, "dinov2": True, "vit": True,
@@ -68,7 +69,8 @@ class HFVisionEncoder(VisionEncoder):
         if kind == "vit":
             kwargs["add_pooling_layer"] = False
         try:
-            model, info = cls.from_pretrained(name_or_path, **kwargs)
+            with MODEL_LOAD:
+                model, info = cls.from_pretrained(name_or_path, **kwargs)
         except RuntimeError as err:  # transformers' "size mismatch" report for weights of another shape
             raise ValueError(f"{name_or_path!r}: its weights do not fit {cls.__name__} "
                              f"({str(err).strip().splitlines()[-1][:200]})") from None

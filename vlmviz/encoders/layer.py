@@ -12,6 +12,8 @@ negative k counts from the end as in LLaVA (-1 the last block's output, before a
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -71,9 +73,14 @@ class LayerEncoder(VisionEncoder):
         # keep each selected block's output and stop after the deepest one instead of running the rest
         caught: dict[int, torch.Tensor] = {}
         last = max(self.indices)
+        me = threading.get_ident()
 
         def keep(k):
             def hook(module, args, output):
+                # the blocks are shared with the base encoder and with other layer readers: a forward another
+                # thread runs meanwhile (the app serves requests in threads) passes through untouched
+                if threading.get_ident() != me:
+                    return None
                 caught[k] = output[0] if isinstance(output, tuple) else output
                 if k == last:
                     raise _Stop

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..hub import MODEL_LOAD
 from .base import TextSpace, encoded_vocab, whole_words
 from .hf_causal import freeze, offline, source_id
 
@@ -56,8 +57,9 @@ def load_clip_text(name_or_path: str, device: str = "cpu") -> ClipTextSpace:
     full = AutoConfig.from_pretrained(name_or_path, **kw)
     if full.model_type == "clip":  # the projection width is a top-level field; the text sub-config may disagree
         config.projection_dim = full.projection_dim
-    model, info = CLIPTextModelWithProjection.from_pretrained(name_or_path, config=config, output_loading_info=True,
-                                                              **kw)
+    with MODEL_LOAD:
+        model, info = CLIPTextModelWithProjection.from_pretrained(name_or_path, config=config,
+                                                                  output_loading_info=True, **kw)
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
     if missing:
         raise ValueError(f"{name_or_path!r} is not a CLIP text tower with a projection: missing weights "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..hub import offline
+from ..hub import MODEL_LOAD, offline
 from .base import TextSpace, masked_mean, vocab_strings
 
 
@@ -124,7 +124,8 @@ def load_causal_token_mean(name_or_path: str, device: str = "cpu") -> TokenMeanS
 
     kw = {"local_files_only": offline()}
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kw)
+    with MODEL_LOAD:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kw)
     table = model.get_input_embeddings().weight.detach().clone()  # (V, D); the rest of the LM is dropped
     label = Path(name_or_path).name if Path(name_or_path).is_dir() else name_or_path
     description = (f"Mean of the input-embedding rows of {label} ({type(model).__name__}) over a caption's tokens: "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..hub import MODEL_LOAD
 from .base import TextSpace, encoded_vocab, whole_words
 from .hf_causal import freeze, offline, source_id
 
@@ -48,7 +49,8 @@ def load_sentence_space(name_or_path: str, device: str = "cpu", name: str | None
     """A sentence-transformers model by Hub id or local folder (one with modules.json)."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(name_or_path), device=str(device), local_files_only=offline())
+    with MODEL_LOAD:
+        model = SentenceTransformer(str(name_or_path), device=str(device), local_files_only=offline())
     label = name or (Path(name_or_path).name if Path(name_or_path).is_dir() else str(name_or_path))
     description = description or (f"Sentence embedding of the caption by {label} (sentence-transformers): "
                                   "close vectors mean similar meaning. Nearest words: the model's whole-word "

@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from ..hub import MODEL_LOAD
 from ..paths import cache_dir, file_sha1
 from .base import save_tensor_atomic
 from .hf_causal import ContextualLMSpace, TokenMeanSpace, freeze
@@ -120,7 +121,8 @@ def _convert_lm(tmp: Path) -> None:
 def load_smollm2_lm(device: str = "cpu"):
     """The whole frozen SmolLM2-135M-Instruct as (LlamaForCausalLM, tokenizer), one copy per process and device;
     converted from GGUF once (about 25 s), later loads about 2 s."""
-    return _load_lm(str(device))
+    with MODEL_LOAD:  # one load at a time (vlmviz.hub.MODEL_LOAD says why); two first requests load it once
+        return _load_lm(str(device))
 
 
 @functools.cache  # keyed on the normalized device, so load_smollm2_lm() and load_smollm2_lm("cpu") share a model

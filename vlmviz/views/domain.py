@@ -95,6 +95,15 @@ def _known() -> dict[str, str]:
     return known
 
 
+def remember_source(path, source: str) -> None:
+    """Another image of a known kind (a scene sent from the Map tab): its notes then say so, as for the galleries."""
+    if source not in SOURCES:
+        raise ValueError(f"image source must be one of {', '.join(SOURCES)}; got {source!r}")
+    digest = _digest(path)
+    if digest is not None:
+        _known()[digest] = source
+
+
 def image_source(image) -> str:
     """'photo' for a gallery photo, 'scene' for a scenes-gallery image, 'upload' for anything else. `image`: a path,
     or the web app's file data (a dict with a 'path'); an image object's kind cannot be told: 'upload'."""

@@ -337,6 +337,38 @@ def build_map(pipeline: Pipeline, samples: Sequence, method: str = "pca", per_to
     return MapResult(frame, metrics, thumbs, note)
 
 
+def sample_for_inspect(samples: Sequence, index: int, n_captions: int = 6) -> tuple[str, list[str]]:
+    """One map sample as Inspect takes it: an image file (the sample's own file, or a PNG of a generated image in
+    the system temp folder, where the web app may hand files out) and candidate captions with the true one first,
+    then its attribute-swapped twin (scenes), the gallery's written distractors (photos) or other captions of the
+    same map."""
+    import tempfile
+
+    from ..data import load_gallery
+
+    if not 0 <= index < len(samples):
+        raise ValueError(f"sample #{index} is not on this map; it has #0 to #{len(samples) - 1}")
+    sample = samples[index]
+    if isinstance(sample.image, (str, Path)):
+        path = str(sample.image)
+    else:
+        image = sample.load()
+        folder = Path(tempfile.gettempdir()) / "vlmviz-map-samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = str(folder / f"{image_hash(image)[:20]}.png")
+        if not Path(path).exists():
+            from ..checkpoints import atomic_write
+
+            atomic_write(Path(path), lambda tmp: image.save(tmp, format="PNG"))
+    written = next((g.distractors for g in load_gallery() if g.name == sample.id and g.caption == sample.caption), [])
+    others = [samples[(index + k) % len(samples)].caption for k in range(1, len(samples))]
+    captions = []
+    for c in [sample.caption, sample.meta.get("swapped"), *written, *others]:
+        if c and c not in captions:
+            captions.append(c)
+    return path, captions[:n_captions]
+
+
 def get_checkpoint_pipeline(path: str | Path) -> Pipeline:
     """A pipeline around a saved checkpoint, cached by path and modification time."""
     path = Path(path)

@@ -37,6 +37,14 @@ def _pca(x: np.ndarray) -> np.ndarray:
     return out if out.shape[1] == 2 else np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
 
 
+_UMAP_FITTED = threading.Event()  # set once a fit has run: numba has compiled, later fits are quick
+
+
+def umap_ready() -> bool:
+    """Whether UMAP has run in this process (the first fit pays numba's compilation, vlmviz.eta says how long)."""
+    return _UMAP_FITTED.is_set()
+
+
 def _umap(x: np.ndarray, seed: int) -> np.ndarray:
     import umap  # lazy: numba JIT on first import
 
@@ -44,8 +52,10 @@ def _umap(x: np.ndarray, seed: int) -> np.ndarray:
     # UMAP runs 500 epochs up to 10k points and 200 above; 200 from 5k on halves a 10k fit here (15.7 -> 7.8 s,
     # bench/bench_maps.py) where the layout has long converged
     epochs = 200 if len(x) > 5000 else None
-    return umap.UMAP(n_neighbors=n_neighbors, metric="cosine", random_state=seed, n_epochs=epochs,
-                     init="random" if len(x) < 8 else "spectral").fit_transform(x)
+    out = umap.UMAP(n_neighbors=n_neighbors, metric="cosine", random_state=seed, n_epochs=epochs,
+                    init="random" if len(x) < 8 else "spectral").fit_transform(x)
+    _UMAP_FITTED.set()
+    return out
 
 
 def _tsne(x: np.ndarray, seed: int) -> np.ndarray:

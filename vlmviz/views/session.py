@@ -90,7 +90,30 @@ def session_dir(owner: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", owner or "anonymous")[:64]
     path = SESSIONS_ROOT / safe
     path.mkdir(parents=True, exist_ok=True)
+    os.utime(path)  # last seen now: clean_old_sessions keeps the folders of browsers still in use
     return path
+
+
+SESSION_DAYS = 14.0  # a browser's folder is removed at start-up when it has not been used this long
+
+
+def clean_old_sessions(days: float | None = None, root: Path | None = None) -> list[str]:
+    """Remove the per-browser folders (their checkpoints) not used for `days` (default: $VLMVIZ_SESSION_DAYS, else
+    SESSION_DAYS = 14); the app calls it at start-up. Returns the names of the folders removed."""
+    if days is None:
+        days = float(os.environ.get("VLMVIZ_SESSION_DAYS", SESSION_DAYS))
+    root = Path(root or SESSIONS_ROOT)
+    cutoff, removed = time.time() - days * 86400, []
+    for folder in root.iterdir() if root.is_dir() else ():
+        try:
+            if folder.is_dir() and not folder.is_symlink() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder)
+                removed.append(folder.name)
+        except OSError as err:  # another process removing it, or not ours to remove: leave it
+            LOG.warning("could not clean session folder %s: %s", folder.name, err)
+    if removed:
+        LOG.info("removed %d browser session folders unused for %g days", len(removed), days)
+    return removed
 
 
 def slug(label: str) -> str:
@@ -168,12 +191,28 @@ def add_uploaded_checkpoint(upload, owner: str, encoder: str, text: str, tokens:
         ck_tokens = config.get("tokens") or tokens
         ck_enc = load_vision_encoder(ck_encoder) if ck_encoder != encoder else enc
         ck_txt = load_text_space(ck_text) if ck_text != text else txt
-        projector, _ = load_checkpoint(upload, token_dim(ck_enc.hidden_size, ck_tokens), ck_txt.dim, ck_encoder,
-                                       ck_text)
+        try:
+            projector, _ = load_checkpoint(upload, token_dim(ck_enc.hidden_size, ck_tokens), ck_txt.dim,
+                                           ck_encoder, ck_text)
+        except CheckpointError as err:  # say whose encoder it was checked against: not the top bar's, its own
+            shape = "D_vis" in str(err) or "D_txt" in str(err)
+            own = (f"; checked against the encoder and text space the checkpoint names ({ck_encoder}, {ck_tokens} "
+                   f"tokens; {ck_text}), not the top bar's {encoder}") if shape and ck_encoder != encoder else ""
+            raise CheckpointError(f"{err}{own}") from None
         label, _ = add_checkpoint(owner, upload, f"uploaded {upload.stem}")
         return label, (f"vlmviz checkpoint: {projector.family} {projector.in_dim} -> {projector.out_dim} "
                        f"({projector.num_params:,} parameters) for {ck_encoder} ({ck_tokens} tokens) and {ck_text}")
-    projector = import_llava_projector(upload, token_dim(enc.hidden_size, tokens), txt.dim)
+    projector = import_llava_projector(upload)
+    # a bare projector names no encoder: it must fit what the top bar shows, and the message says so
+    want_in, want_out, problems = token_dim(enc.hidden_size, tokens), txt.dim, []
+    if projector.in_dim != want_in:
+        problems.append(f"it reads D_vis={projector.in_dim}, the top bar's encoder {encoder} gives {want_in} with "
+                        f"'{tokens}' tokens")
+    if projector.out_dim != want_out:
+        problems.append(f"it writes D_txt={projector.out_dim}, the top bar's text space {text} has {want_out}")
+    if problems:
+        raise CheckpointError(f"{upload.name} does not fit: {'; '.join(problems)} (a built-in or trained connector "
+                              "fixes the top bar: pick an untrained one to choose another encoder or text space)")
     tmp = save_checkpoint(Path(tempfile.mkdtemp()) / "import.safetensors", projector, encoder=encoder,
                           tokens=tokens, text=text, pooling="mean", source=upload.name)
     label, _ = add_checkpoint(owner, tmp, f"uploaded {upload.stem}", move=True)

@@ -65,7 +65,7 @@ def _open(source: str, device: str, image_size: int | None, text_kind: str = "em
     import transformers
     from transformers import AutoConfig
 
-    from ..hub import cached, hub_reachable, offline
+    from ..hub import MODEL_LOAD, cached, hub_reachable, offline
     from ..text.hf_causal import source_id
 
     if not Path(source).exists() and not cached(source) and (offline() or not hub_reachable()):
@@ -84,7 +84,8 @@ def _open(source: str, device: str, image_size: int | None, text_kind: str = "em
     class_name, module, function = SUPPORTED[kind]
     cls = getattr(transformers, class_name)
     try:
-        model, info = cls.from_pretrained(source, local_files_only=offline(), output_loading_info=True)
+        with MODEL_LOAD:
+            model, info = cls.from_pretrained(source, local_files_only=offline(), output_loading_info=True)
     except (OSError, RuntimeError, ValueError) as err:
         raise VLMError(f"{source!r}: its weights do not load into {class_name} "
                        f"({str(err).strip().splitlines()[-1][:200]})") from None

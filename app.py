@@ -23,10 +23,10 @@ import gradio as gr  # noqa: E402
 from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, Dinov2Model,  # noqa: E402,F401
                           LlamaForCausalLM, SiglipVisionModel, ViTModel)
 
-from vlmviz import builtins, eta  # noqa: E402
+from vlmviz import builtins  # noqa: E402
 from vlmviz.caption import describe  # noqa: E402
 from vlmviz.runs import scene_connector  # noqa: E402
-from vlmviz.views import background, domain, maps, pipeline, plots, session, vlm_view  # noqa: E402
+from vlmviz.views import background, domain, eta, maps, pipeline, plots, session, vlm_view  # noqa: E402
 from vlmviz.config import CAPTION_MODES, CAPTION_TRAIN, POOLINGS, TOKEN_MODES  # noqa: E402
 from vlmviz.data import list_datasets, load_dataset, load_gallery  # noqa: E402
 from vlmviz.encoders import list_vision_encoders  # noqa: E402

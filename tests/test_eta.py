@@ -1,6 +1,6 @@
 """Time estimates said before and while long work runs (issue 14, item 7)."""
 
-from vlmviz import eta
+from vlmviz.views import eta
 from vlmviz.views import reduce
 
 

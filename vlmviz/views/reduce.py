@@ -41,7 +41,7 @@ _UMAP_FITTED = threading.Event()  # set once a fit has run: numba has compiled, 
 
 
 def umap_ready() -> bool:
-    """Whether UMAP has run in this process (the first fit pays numba's compilation, vlmviz.eta says how long)."""
+    """Whether UMAP has run in this process (the first fit pays numba's compilation; views.eta says how long)."""
     return _UMAP_FITTED.is_set()
 
 

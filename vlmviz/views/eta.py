@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import cache_dir
+from ..paths import cache_dir
 
 UMAP_COLD_S = 41.0  # first `import umap` (numba JIT) + first fit on an idle 2-core CPU (DESIGN.md)
 UMAP_WARM_S_PER_600 = 0.5  # later fits of 600 points (DESIGN.md)
@@ -99,7 +99,7 @@ def recall(key: str) -> float | None:
 
 
 def remember(key: str, seconds_per_step: float) -> None:
-    from .checkpoints import atomic_write
+    from ..checkpoints import atomic_write
 
     with _LOCK:
         try:
@@ -122,7 +122,7 @@ def caption_steps_estimate(key: str, steps: int, batch: int) -> Estimate:
 
 def umap_estimate(n_points: int) -> Estimate:
     """UMAP of n points: the first fit in a process also compiles numba."""
-    from .views.reduce import umap_ready
+    from .reduce import umap_ready
 
     fit = UMAP_WARM_S_PER_600 * max(1.0, n_points / 600)
     if umap_ready():

@@ -332,6 +332,22 @@ def test_contextual_text_space_is_the_vlms_own_lm(kind, with_tokenizer):
     assert len(words) == 3 and all(w in WORDS for w, _ in words)
 
 
+def test_logit_lens_reads_through_the_vlms_own_lm(with_tokenizer):
+    """The contextual space carries the VLM's LM, so the logit lens runs through it: after every decoder layer it is
+    the whole VLM's own next-token logits for those input embeddings (no BOS in this tokenizer, so no prefix)."""
+    from vlmviz.lenses import LogitLens, lens_for
+
+    model, folder = with_tokenizer("llava")
+    ctx = open_vlm(folder, text="context").text
+    x = torch.randn(5, 48, generator=torch.Generator().manual_seed(3))  # five projected tokens (M, D_txt)
+    lens = LogitLens(ctx.model, ctx.tokenizer, layer=2)  # both decoder layers
+    with torch.no_grad():
+        theirs = model(inputs_embeds=x[None]).logits[0, :, :len(WORDS)]  # (5, V)
+    torch.testing.assert_close(lens.logits(x), theirs, atol=1e-4, rtol=1e-4)
+    rows = lens_for(ctx, "logit", 1).read(x, k=2)
+    assert len(rows) == 5 and all(len(r) == 2 and set(r) <= set(WORDS) for r in rows)
+
+
 def test_contextual_text_through_pipeline_and_cli(with_tokenizer, saved, tmp_path, capsys):
     from vlmviz import Pipeline
     from vlmviz.__main__ import main

@@ -150,7 +150,8 @@ class VLMTextSpace(_NoTokenizer, TokenMeanSpace):
 
 class DecoderLM:
     """A VLM's language model seen as a causal LM: its decoder (embeddings, layers, final norm) as `base_model` and
-    its output head, the parts ContextualLMSpace reads; the tower and connector are not in it."""
+    its output head, the parts ContextualLMSpace and the logit and contextual lenses (vlmviz.lenses) read; the tower
+    and connector are not in it."""
 
     def __init__(self, decoder: torch.nn.Module, head: torch.nn.Module):
         self.base_model, self.head, self.config = decoder, head, decoder.config
@@ -164,6 +165,10 @@ class DecoderLM:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.base_model.parameters()).dtype
+
+    def parameters(self):
+        yield from self.base_model.parameters()
+        yield from self.head.parameters()
 
     def to(self, device):
         self.base_model.to(device)

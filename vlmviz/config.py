@@ -168,7 +168,7 @@ PRESETS: dict[str, ExperimentConfig] = {
     "caption-describe": ExperimentConfig(
         encoder=EncoderConfig("vit-s14@4+12", "patch"),
         projector=ProjectorConfig("multidepth", {"groups": 2, "scale": 4, "last_scale": 8}),
-        train=TrainConfig(loss="caption", pooling="none", steps=600, lr=1e-3, batch_size=8, warmup_steps=30,
+        train=TrainConfig(loss="caption", pooling="none", steps=300, lr=1e-3, batch_size=8, warmup_steps=30,
                           eval_every=0),
     ),
 }

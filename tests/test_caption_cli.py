@@ -123,6 +123,8 @@ def test_relation_hits_read_either_phrasing_against_the_canonical_fact():
     roles = relation_hits("a blue circle left of a red square", meta)  # colors bound to the wrong shapes
     assert roles["shape"] and roles["relation"] and not roles["color"] and not roles["all"]
     assert relation_hits("a red circle above a blue square", meta)["relation"] is False
+    # the right word with the objects swapped: the square named on the left
+    assert relation_hits("a blue square left of a red circle", meta)["relation"] is False
     assert relation_hits("a red circle left of a square", meta)["two_objects"] is False  # one color only
 
 

@@ -83,6 +83,7 @@ def main():
     family, tokens, options = CONNECTORS[args.family]
     vlm = random_vlm(args.random_lm, args.mode) if args.random_lm else build_vlm("smollm2-135m", CaptionConfig(args.mode))
     n_in, d_in = (256, 384) if tokens == "patch" else (1, 768)  # ViT-S/14 patch tokens or concat(CLS, mean)
+    d_in *= options.get("groups", 1)  # multidepth: the encoder's depths side by side (vit-s14@4+12: 2 x 384)
     torch.manual_seed(0)
     projector = build_projector(family, d_in, vlm.dim, **options).to(device)
     head = CaptionHead(vlm, [s.caption for s in scene_split(args.batch, 0)[0]]).to(device)

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/build_connectors.py              # into the vlmviz cache, where the app and tests look
     .venv/bin/python scripts/build_connectors.py --out DIR    # somewhere else (e.g. to ship or inspect them)
-    .venv/bin/python scripts/build_connectors.py --describe   # also the Describe captioner (about 15 min, 2 cores)
+    .venv/bin/python scripts/build_connectors.py --describe   # also the Describe captioner (~10 min, 2 cores)
 
 Each checkpoint is written atomically (vlmviz.checkpoints.save_checkpoint) and records what it was made from, its
 recipe, its domain and its held-out figures. Building is deterministic: the same models give the same weights. A
@@ -57,7 +57,8 @@ def main(argv=None):
     ap.add_argument("--out", help="folder for the checkpoints (default: the vlmviz cache)")
     ap.add_argument("--list", help="write the checkpoints' paths to this file, one a line (scripts/setup.sh)")
     ap.add_argument("--describe", action="store_true", help="also build the Describe captioner (preset "
-                    "caption-describe: about 15 minutes of training through SmolLM2-135M on a 2-core CPU)")
+                    "caption-describe: about 10 minutes on an unshared 2-core CPU, 6 of them training through "
+                    "SmolLM2-135M)")
     args = ap.parse_args(argv)
     paths = []
     for label in [*BUILT_IN, *([DESCRIBE] if args.describe else [])]:

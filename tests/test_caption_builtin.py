@@ -69,3 +69,22 @@ def test_the_describe_note_states_its_held_out_figure(tmp_path, tiny_lm_dir, mon
     monkeypatch.setattr(builtins, "built_in_checkpoint", lambda label: path)
     note = built_in_note(DESCRIBE)
     assert "16 synthetic one-object scenes" in note and "all right in" in note and "multidepth" in note
+
+
+def test_the_builtin_is_the_model_caption_eval_scores(tmp_path, tiny_lm_dir, monkeypatch):
+    """`caption-eval --preset caption-describe` and the built-in train the same weights (same code, data and seed)."""
+    from safetensors.torch import load_file
+
+    from vlmviz import config
+    from vlmviz.caption_eval import run_caption_eval
+
+    short = config.preset("caption-describe")
+    short.train.steps, short.train.warmup_steps = 3, 1
+    monkeypatch.setitem(config.PRESETS, "caption-describe", short)
+    run_caption_eval(preset="caption-describe", n_train=16, n_test=4, lm=str(tiny_lm_dir), max_new_tokens=3,
+                     out_dir=tmp_path / "eval", log=lambda line: None)
+    built = build_describe(tmp_path / "built", lm=str(tiny_lm_dir), n_train=16, n_test=4)
+    scored = load_file(str(tmp_path / "eval" / "caption-describe-prefix.safetensors"))
+    mine = load_file(str(built))
+    assert scored.keys() == mine.keys()
+    assert all((scored[k] == mine[k]).all() for k in scored)

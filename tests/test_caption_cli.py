@@ -111,3 +111,48 @@ def test_caption_eval_on_a_tiny_lm(tmp_path, tiny_lm_dir):
     s = score(said, [test[0], test[0], test[1]])
     assert s["one_object"] == 2 / 3 and s["distinct"] == 2 / 3
     assert json.loads((tmp_path / "examples.jsonl").read_text().splitlines()[0])["row"] == "text-only LM / -"
+
+
+def test_relation_hits_read_either_phrasing_against_the_canonical_fact():
+    from vlmviz.captioning import relation_hits
+
+    meta = {"color": "red", "shape": "circle", "relation": "left of", "color2": "blue", "shape2": "square"}
+    right = {"color": True, "shape": True, "relation": True, "all": True, "two_objects": True}
+    assert relation_hits("a red circle left of a blue square", meta) == right
+    assert relation_hits("a photo of a blue square right of a red circle", meta) == right  # the converse phrasing
+    roles = relation_hits("a blue circle left of a red square", meta)  # colors bound to the wrong shapes
+    assert roles["shape"] and roles["relation"] and not roles["color"] and not roles["all"]
+    assert relation_hits("a red circle above a blue square", meta)["relation"] is False
+    # the right word with the objects swapped: the square named on the left
+    assert relation_hits("a blue square left of a red circle", meta)["relation"] is False
+    assert relation_hits("a red circle left of a square", meta)["two_objects"] is False  # one color only
+
+
+def test_caption_eval_relations_and_presets_on_a_tiny_lm(tmp_path, tiny_lm_dir, capsys, monkeypatch):
+    from vlmviz import config
+    from vlmviz.caption_eval import run_caption_eval
+
+    kw = dict(steps=2, n_train=16, n_test=4, lm=str(tiny_lm_dir), max_new_tokens=5, log=lambda line: None)
+    table = run_caption_eval(connectors=["pixel_shuffle-2depth-8"], modes=["prefix"], encoder="vit-s14@4+12",
+                             objects=2, warmup=1, out_dir=tmp_path / "rel", **kw)
+    trained = table[table.connector == "pixel_shuffle-2depth-8"].iloc[0]
+    assert trained.tokens == 16 + 4 and trained.train_cpu_s > 0
+    for col in ("color", "shape", "relation", "all5", "two_objects"):
+        assert table[col].between(0, 1).all(), col
+    assert read_config(tmp_path / "rel" / "pixel_shuffle-2depth-8-prefix.safetensors")["recipe"]["objects"] == 2
+    # a preset is the one connector, with its encoder and training settings (here the real one, made 3 steps long)
+    real = config.PRESETS["caption-describe"]
+    assert real.encoder.name == "vit-s14@4+12" and real.projector.family == "multidepth"
+    short = config.preset("caption-describe")
+    short.train.steps, short.train.warmup_steps = 3, 1
+    monkeypatch.setitem(config.PRESETS, "caption-describe", short)
+    table = run_caption_eval(preset="caption-describe", out_dir=tmp_path / "preset", **kw)
+    assert list(table.connector)[-1] == "caption-describe" and table.iloc[-1].steps == 3
+    recipe = read_config(tmp_path / "preset" / "caption-describe-prefix.safetensors")["recipe"]
+    assert recipe["encoder"] == "vit-s14@4+12" and recipe["warmup"] == 1 and recipe["mode"] == "prefix"
+    vlmviz = run_main(capsys)
+    proc = vlmviz("caption-eval", "--connector", "pixel_shuffle-2depth", "--encoder", "vit-s14@4", "--lm",
+                  str(tiny_lm_dir), check=False)
+    assert proc.returncode == 2 and "vit-s14@4+12" in proc.stderr
+    proc = vlmviz("caption-eval", "--preset", "caption-describe", "--connector", "resampler", check=False)
+    assert proc.returncode == 2 and "drop --connector" in proc.stderr

@@ -107,7 +107,7 @@ class CaptionConfig:
 CAPTION_TRAIN = {"pooling": "none", "steps": 200, "lr": 1e-3, "batch_size": 8, "warmup_steps": 10, "eval_every": 0}
 # Few visual tokens per family: each one is a position the LM runs over in every step (8 to 16, as in issue 6).
 CAPTION_OPTIONS = {"resampler": {"num_queries": 8}, "qformer": {"num_queries": 8}, "pixel_shuffle": {"scale": 4},
-                   "cabstractor": {"output_side": 3}}
+                   "cabstractor": {"output_side": 3}, "multidepth": {"groups": 2, "scale": 4, "last_scale": 8}}
 
 
 @dataclass
@@ -168,7 +168,7 @@ PRESETS: dict[str, ExperimentConfig] = {
     "caption-describe": ExperimentConfig(
         encoder=EncoderConfig("vit-s14@4+12", "patch"),
         projector=ProjectorConfig("multidepth", {"groups": 2, "scale": 4, "last_scale": 8}),
-        train=TrainConfig(loss="caption", pooling="none", steps=600, lr=1e-3, batch_size=8, warmup_steps=30,
+        train=TrainConfig(loss="caption", pooling="none", steps=300, lr=1e-3, batch_size=8, warmup_steps=30,
                           eval_every=0),
     ),
 }

@@ -8,7 +8,13 @@ the text-only LM (no image), each untrained connector (prefix; an untrained xatt
 gates start at zero), and the best constant caption, the most frequent test value of each attribute, which is what
 a model that ignores the image can at best reach.
 
+With --objects 2 the scenes hold two objects in a relation, every test object a held-out pair, and the scores are
+both colors, both shapes, the relation (captioning.relation_hits) and all five facts at once (all5). A caption
+preset (--preset caption-describe, config.PRESETS) is scored with its own encoder and training settings; its
+trainer, train_caption_connector, is the one the built-in Describe captioner is made with (caption_builtin.py).
+
     python -m vlmviz caption-eval --steps 200 --threads 1
+    python -m vlmviz caption-eval --preset caption-describe --threads 1      # all four right 0.85 (BENCHMARKS.md)
 
 Checkpoints land in out_dir and are reused when their recipe matches (--retrain to train again).
 Shape legend: N images, T selected encoder tokens, D_vis encoder width, M visual tokens, D LM width.

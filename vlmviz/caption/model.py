@@ -271,7 +271,9 @@ def relation_hits(generated: str, meta: dict) -> dict[str, bool]:
     """A two-object caption against the scene's canonical facts (meta color, shape, relation, color2, shape2):
     it must name two colors, two shapes and one relation word, in the order "C S REL C2 S2"; the converse phrasing
     ("a blue square right of a red circle") is put in canonical order first. color / shape: both objects' values
-    right in their roles; relation: the canonical relation word right; all: the whole fact; two_objects: it parsed."""
+    right in their roles; relation: the relation word right with each named object where the true one is (matching
+    it by color or by shape: "a purple diamond right of a blue triangle" for a diamond left of a triangle is wrong,
+    whatever the colors); all: the whole fact; two_objects: it parsed."""
     text = generated.lower()
     colors = re.findall(rf"\b({'|'.join(COLORS)})\b", text)
     shapes = [s for s, _ in re.findall(rf"\b({'|'.join(SHAPES)})(s?)\b", text)]
@@ -282,7 +284,8 @@ def relation_hits(generated: str, meta: dict) -> dict[str, bool]:
     if reverse:
         colors, shapes = colors[::-1], shapes[::-1]
     hits = {"color": colors == [meta["color"], meta["color2"]], "shape": shapes == [meta["shape"], meta["shape2"]],
-            "relation": relation == meta["relation"]}
+            "relation": relation == meta["relation"] and all(
+                c == meta[f"color{k}"] or sh == meta[f"shape{k}"] for c, sh, k in zip(colors, shapes, ("", "2")))}
     return {**hits, "all": all(hits.values()), "two_objects": True}
 
 

@@ -76,7 +76,7 @@ def test_the_builtin_is_the_model_caption_eval_scores(tmp_path, tiny_lm_dir, mon
     from safetensors.torch import load_file
 
     from vlmviz import config
-    from vlmviz.caption_eval import run_caption_eval
+    from vlmviz.caption.evaluate import run_caption_eval
 
     short = config.preset("caption-describe")
     short.train.steps, short.train.warmup_steps = 3, 1

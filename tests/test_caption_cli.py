@@ -114,7 +114,7 @@ def test_caption_eval_on_a_tiny_lm(tmp_path, tiny_lm_dir):
 
 
 def test_relation_hits_read_either_phrasing_against_the_canonical_fact():
-    from vlmviz.captioning import relation_hits
+    from vlmviz.caption.model import relation_hits
 
     meta = {"color": "red", "shape": "circle", "relation": "left of", "color2": "blue", "shape2": "square"}
     right = {"color": True, "shape": True, "relation": True, "all": True, "two_objects": True}
@@ -130,7 +130,7 @@ def test_relation_hits_read_either_phrasing_against_the_canonical_fact():
 
 def test_caption_eval_relations_and_presets_on_a_tiny_lm(tmp_path, tiny_lm_dir, capsys, monkeypatch):
     from vlmviz import config
-    from vlmviz.caption_eval import run_caption_eval
+    from vlmviz.caption.evaluate import run_caption_eval
 
     kw = dict(steps=2, n_train=16, n_test=4, lm=str(tiny_lm_dir), max_new_tokens=5, log=lambda line: None)
     table = run_caption_eval(connectors=["pixel_shuffle-2depth-8"], modes=["prefix"], encoder="vit-s14@4+12",

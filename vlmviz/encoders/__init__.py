@@ -32,7 +32,7 @@ def _efficientnet():
 
 BUNDLED = {"vit-s14": _vit_s14, "efficientnet-lite0": _efficientnet}
 # offered next to the bundled encoders: ViT-S/14 after block 4 keeps colors that its output blurs (BENCHMARKS.md)
-LAYER_CHOICES = ("vit-s14@4",)
+LAYER_CHOICES = ("vit-s14@4", "vit-s14@4+12")  # block 4; blocks 4 and 12 side by side (caption-describe)
 
 
 def list_vision_encoders() -> list[str]:

@@ -273,7 +273,8 @@ def test_unknown_encoder_names_the_bundled_ones(tmp_path):
     """A name that is no folder and not in the Hugging Face cache is refused at once (offline), naming the bundled
     encoders; a folder that holds no model says what loading it found."""
     with pytest.raises(ValueError, match=r"unknown vision encoder .*nothing-here': not one of vit-s14, "
-                                         r"efficientnet-lite0, vit-s14@4, vit-s14@4\+12, not a local folder, and not in the Hugging "
+                                         r"efficientnet-lite0, vit-s14@4, vit-s14@4\+12, not a local folder, "
+                                         r"and not in the Hugging "
                                          r"Face cache \(HF_HUB_OFFLINE is set\)"):
         load_vision_encoder(str(tmp_path / "nothing-here"))
     with pytest.raises(ValueError, match="unknown vision encoder 'vit-s15': not one of vit-s14"):

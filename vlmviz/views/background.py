@@ -89,10 +89,11 @@ class BackgroundBuild:
     def message(self) -> str:
         """One line for a person: what is happening, how far, about how long is left."""
         st = self.status()
+        what = self.what[0].upper() + self.what[1:]
         if st["state"] == "idle":
-            return f"{self.what[0].upper()}{self.what[1:]} is not built yet{f' ({self.estimate})' if self.estimate else ''}."
+            return f"{what} is not built yet{f' ({self.estimate})' if self.estimate else ''}."
         if st["state"] == "done":
-            return f"{self.what[0].upper()}{self.what[1:]} is ready ({_duration(st['seconds'])} to build)."
+            return f"{what} is ready ({_duration(st['seconds'])} to build)."
         if st["state"] == "cancelled":
             return f"Building {self.what} was {st['error'] or 'cancelled'}."
         if st["state"] == "failed":
@@ -112,7 +113,8 @@ def describe_settings(env: str | None = None) -> dict:
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
         if key not in ("steps", "n_train", "n_test", "lm") or not value:
-            raise ValueError(f"VLMVIZ_DESCRIBE_SETTINGS: expected steps=N, n_train=N, n_test=N or lm=NAME, got {part!r}")
+            raise ValueError(f"VLMVIZ_DESCRIBE_SETTINGS: expected steps=N, n_train=N, n_test=N or lm=NAME, "
+                             f"got {part!r}")
         settings[key] = value if key == "lm" else int(value)
     return settings
 

@@ -8,6 +8,8 @@ umap       UMAP of 10k points warm (numba compiled by first fits of 300 and 5000
 redraw     a real map in the app (the Map tab's linked maps, scenes through the built-in scenes connector): first draw
            (encode, project, fit) versus the second draw of the same map; target <= 2 s
 metrics    mutual kNN and CKA on 10k and 50k pairs without an N x N matrix
+pan        a 50,000-point linked map in headless Chromium (software WebGL): load time, frame gaps while panning, how
+           soon a hover after the pan shows a thumbnail (tests/test_maps.py checks that it does, without clocks)
 """
 from __future__ import annotations
 
@@ -75,6 +77,30 @@ def part_metrics() -> None:
         c = cka(a, b)
         print(f"METRICS n={n:,}: mutual kNN (k=10) {m:.3f} in {mk:.1f} s, CKA {c:.3f} in "
               f"{time.perf_counter() - t:.2f} s (an N x N float32 matrix would be {n * n * 4 / 2**30:.1f} GiB)")
+
+
+def part_pan(n: int = 50_000) -> None:
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_maps import ARGS, CHROMIUM, _fake_maps, pan_and_hover
+
+    from vlmviz.views.maps import write_html
+
+    maps, samples = _fake_maps(n, seed=2)
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        out = write_html(maps[:1], samples, Path(tmp) / "big.html", color="color")
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 900})
+        t = time.perf_counter()
+        frames, answered, hover_s = pan_and_hover(pg, out, clock=time.perf_counter)
+        browser.close()
+    gaps = np.diff(frames)
+    print(f"pan {n} points: load + pan + hover {time.perf_counter() - t:.2f} s, {len(frames)} frames, median frame "
+          f"{np.median(gaps):.1f} ms, p95 {np.percentile(gaps, 95):.1f} ms, worst {gaps.max():.1f} ms; hover "
+          f"{'answered' if answered else 'NOT answered'} {hover_s:.2f} s after the pan")
 
 
 def main() -> None:

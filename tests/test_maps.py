@@ -1,8 +1,6 @@
 """Maps at scale (vlmviz.views.maps, reduce.map_2d): fitted once and kept on disk, sampled fits with the rest placed,
 two connectors linked in one HTML file that a real browser (Debian chromium) opens, hovers, selects and pans."""
-import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -101,44 +99,47 @@ def test_linked_maps_hover_select_and_density_in_chromium(tmp_path, artifacts):
         browser.close()
 
 
+def pan_and_hover(pg, page: Path, clock=None):
+    """Open a one-map page, pan it while the page records its animation frames, then move the mouse until a point's
+    thumbnail shows. Returns (frame timestamps in ms, whether a hover answered, the hover's seconds when `clock` is
+    given): bench/bench_maps.py --part pan times it; the test only checks that it happens."""
+    pg.goto(page.as_uri())
+    pg.wait_for_function("document.getElementById('vv-map') && document.getElementById('vv-map').data && "
+                         "document.getElementById('vv-map').data.length == 5", timeout=120_000)
+    pg.evaluate("Plotly.relayout('vv-map', {dragmode: 'pan'})")
+    pg.evaluate("window.vvFrames = []; (function tick(t) { window.vvFrames.push(t); "
+                "if (window.vvFrames.length < 100000) requestAnimationFrame(tick); })(performance.now())")
+    box = pg.locator("#vv-map .nsewdrag").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    pg.mouse.move(cx, cy)
+    pg.mouse.down()
+    for i in range(30):
+        pg.mouse.move(cx + 4 * i, cy + 2 * i)
+    pg.mouse.up()
+    frames = pg.evaluate("window.vvFrames")
+    t = clock() if clock else 0.0
+    answered = False
+    for i in range(40):  # then hovering: the page answers with a point's thumbnail
+        pg.mouse.move(cx + 7 * i, cy - 3 * i)
+        if pg.evaluate("(document.getElementById('vv-thumb') || {style: {}}).style.display == 'block'"):
+            answered = True
+            break
+    return frames, answered, (clock() - t if clock else None)
+
+
 def test_a_50k_point_map_stays_responsive_while_panning(tmp_path, artifacts):
+    """Software WebGL (SwiftShader) on 2 shared cores is the worst case: the page must keep painting frames while
+    it is panned and answer a hover afterwards. How fast is bench/bench_maps.py --part pan's (BENCHMARKS.md)."""
     maps, samples = _fake_maps(50_000, seed=2)
     out = write_html(maps[:1], samples, tmp_path / "big.html", color="color")  # one map of 50k images
     with _browser() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 900})
-        t = time.perf_counter()
-        pg.goto(out.as_uri())
-        pg.wait_for_function("document.getElementById('vv-map') && document.getElementById('vv-map').data && "
-                             "document.getElementById('vv-map').data.length == 5", timeout=120_000)
-        load_s = time.perf_counter() - t
-        pg.evaluate("Plotly.relayout('vv-map', {dragmode: 'pan'})")
-        pg.evaluate("window.vvFrames = []; (function tick(t) { window.vvFrames.push(t); "
-                    "if (window.vvFrames.length < 100000) requestAnimationFrame(tick); })(performance.now())")
-        box = pg.locator("#vv-map .nsewdrag").first.bounding_box()
-        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        pg.mouse.move(cx, cy)
-        pg.mouse.down()
-        for i in range(30):
-            pg.mouse.move(cx + 4 * i, cy + 2 * i)
-        pg.mouse.up()
-        frames = pg.evaluate("window.vvFrames")
-        t = time.perf_counter()
-        for i in range(40):  # then hovering: the page answers with a point's thumbnail
-            pg.mouse.move(cx + 7 * i, cy - 3 * i)
-            if pg.evaluate("(document.getElementById('vv-thumb') || {style: {}}).style.display == 'block'"):
-                break
-        hover_s = time.perf_counter() - t
-        gaps = np.diff(frames)
-        stats = {"points": 50_000, "load_s": round(load_s, 2), "hover_s": round(hover_s, 2), "frames": len(frames),
-                 "median_frame_ms": round(float(np.median(gaps)), 1), "p95_frame_ms": round(float(np.percentile(gaps, 95)), 1),
-                 "worst_frame_ms": round(float(gaps.max()), 1)}
-        (artifacts / "map-50k-frames.json").write_text(json.dumps(stats))
+        frames, answered, _ = pan_and_hover(pg, out)
         pg.screenshot(path=str(artifacts / "map-50k.png"))
         browser.close()
-    # software WebGL (SwiftShader) on 2 shared cores is the worst case: the figures go to BENCHMARKS.md; what must
-    # hold is that the page never hangs and answers a hover after the pan
-    assert len(frames) > 20 and stats["worst_frame_ms"] < 10_000 and hover_s < 15, stats
+    assert len(frames) > 20 and np.all(np.diff(frames) >= 0), len(frames)  # it kept painting through the pan
+    assert answered, "no thumbnail appeared when hovering after the pan"
 
 
 def test_pca_of_many_points_matches_the_full_svd():

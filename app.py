@@ -299,7 +299,9 @@ def _dataset(name: str, n: int):
 
 def bound_pairs(dataset, cap):
     """The slider offers what the dataset has. The slider is not an input here: Gradio checks an input against
-    the bounds it has just been given, so a second quick change would fail on the old, larger value."""
+    the bounds it has just been given, so a second quick change would fail on the old, larger value. Wired off the
+    queue: an update that waits behind a long map or training job lands after the person has typed a count, and the
+    slider then shows its old value again."""
     top = session.dataset_limit(dataset, int(cap))
     return gr.update(maximum=top, value=top) if top < cap else gr.update(maximum=cap)
 
@@ -979,8 +981,8 @@ def build_demo() -> gr.Blocks:
         heat_caption.change(heatmap, [image, heat_caption, *model, checkpoints], [heat, heat_note],
                             concurrency_limit=4, preprocess=False)
         projector.change(follow_checkpoint, *follow, api_visibility="private", **top_bar_busy)
-        dataset.change(functools.partial(bound_pairs, cap=MAP_CAP), dataset, n_points,
-                       api_visibility="private")
+        dataset.change(functools.partial(bound_pairs, cap=MAP_CAP), dataset, n_points, api_visibility="private",
+                       queue=False)
         map_out = [map_metrics, map_note, map_status, map_pick, map_source]
         map_btn.click(make_map, [dataset, n_points, method, per_token, *model, checkpoints], [map_plot, *map_out],
                       concurrency_limit=2, show_progress="hidden")
@@ -990,14 +992,15 @@ def build_demo() -> gr.Blocks:
         map_send.click(send_to_inspect, [map_source, map_pick, projector],
                        [image, captions, projector, tabs, map_send_msg], api_visibility="private",
                        show_progress="hidden")
-        dataset.change(functools.partial(bound_pairs, cap=LINKED_CAP), dataset, linked_n, api_visibility="private")
+        dataset.change(functools.partial(bound_pairs, cap=LINKED_CAP), dataset, linked_n, api_visibility="private",
+                       queue=False)
         checkpoints.change(lambda c: gr.update(choices=["none"] + choices(c)), checkpoints, linked_compare,
                            api_visibility="private")
         recipe.input(apply_recipe, recipe, [family, loss, pooling, train_tokens, steps, lr, batch, weight_decay,
                                             train_data, n_train, train_encoder, train_text, recipe_note],
                      api_visibility="private")
         train_data.input(functools.partial(bound_pairs, cap=TRAIN_CAP), train_data, n_train,
-                         api_visibility="private")
+                         api_visibility="private", queue=False)
         start.click(train, [recipe, family, loss, pooling, train_tokens, steps, lr, batch, weight_decay, train_data,
                             n_train, caption_mode, train_encoder, train_text, owner, checkpoints],
                     [curve, before_after, status, download, projector, checkpoints, watch_plot, watch_step],

@@ -559,6 +559,16 @@ def test_linked_maps_of_two_connectors_in_the_map_tab(page, artifacts):
     pg.locator("#linked-acc").get_by_text("Linked maps at scale").click()
     set_slider(pg, "linked-n", 60)
     set_dropdown(pg, "linked-compare", "scenes (low-rank, ViT-S/14 block 4)")
+    # Under pytest after the API tests the slider, just shown by opening its accordion, sometimes reads its initial
+    # 2,000 again a moment after the count was typed (not reproduced by hand or in a script; cause not found): the
+    # count is typed again until it stays, so the click below draws 60 pairs and the note can say so
+    box = pg.locator("#linked-n input[type=number]")
+    for _ in range(3):
+        pg.wait_for_timeout(1000)
+        if box.input_value() == "60":
+            break
+        set_slider(pg, "linked-n", 60)
+    assert box.input_value() == "60", f"the pairs slider reads {box.input_value()!r}, not the 60 typed"
     pg.locator("#draw-linked").click()
     try:
         pg.wait_for_selector("#linked-frame", timeout=LONG)
@@ -568,7 +578,12 @@ def test_linked_maps_of_two_connectors_in_the_map_tab(page, artifacts):
     frame = pg.frame_locator("#linked-frame")
     frame.locator("#vv-map .nsewdrag").first.wait_for(timeout=LONG)
     assert frame.locator("#vv-map .nsewdrag").count() == 2  # two maps side by side
-    wait_text(pg, "#map-note", "60 images")
+    try:
+        wait_text(pg, "#map-note", "60 images")
+    except Exception as err:  # say what it drew instead
+        raise AssertionError(f"the note does not say 60 images; note: {text_of(pg, '#map-note')!r}, status: "
+                             f"{text_of(pg, '#map-status')!r}, slider: "
+                             f"{pg.locator('#linked-n input[type=number]').input_value()!r}") from err
     assert "scenes (low-rank" in text_of(pg, "#map-metrics") and "mutual_knn" in text_of(pg, "#map-metrics")
     box = frame.locator("#vv-map .nsewdrag").first.bounding_box()
     frame.locator("#vv-map").evaluate("gd => Plotly.relayout(gd, {dragmode: 'select'})")

@@ -196,3 +196,27 @@ def test_multidepth_is_one_pixel_shuffle_per_depth_on_the_token_axis():
     assert torch.allclose(proj(x), want, atol=1e-6)
     with pytest.raises(ValueError, match="divisible by 3"):
         build_projector("multidepth", 64, D_TXT, groups=3)
+
+
+def test_multidepth_slots_pool_one_object_at_every_depth_into_one_token():
+    """slots Q appends Q tokens after the depth groups; each is an attention-weighted sum over the h*w patches of
+    BOTH depths (the CLS dropped), plus its slot embedding; positions steer the weights and never enter the values."""
+    torch.manual_seed(0)
+    proj = build_projector("multidepth", 2 * D_VIS, D_TXT, groups=2, scale=2, last_scale=4, slots=3, rank=8)
+    assert proj.num_output_tokens(65) == 16 + 4 + 3
+    assert build_projector("multidepth", 2 * D_VIS, D_TXT, **proj.config()["options"]).num_output_tokens(64) == 23
+    x = torch.randn(2, 65, 2 * D_VIS)
+    with torch.no_grad():
+        proj.slot_embed.normal_()
+        proj.slot_pos.normal_()
+        out = proj(x)
+        weights = proj.attn_weights  # (2, 3, 64)
+        assert weights.shape == (2, 3, 64) and torch.allclose(weights.sum(-1), torch.ones(2, 3))
+        values = proj.slot_value(proj.prepare(x)[:, 1:])  # (2, 64, D_TXT): patches only
+        want = torch.einsum("bqn,bnd->bqd", weights, values) + proj.slot_embed
+        assert torch.allclose(out[:, 20:], want, atol=1e-5)
+        moved = proj.slot_pos.clone()
+        proj.slot_pos.copy_(moved.roll(7, dims=0))  # other positions: other weights over the same values
+        proj(x)
+        assert not torch.allclose(proj.attn_weights, weights)
+    assert "slots" not in build_projector("multidepth", 2 * D_VIS, D_TXT).config()["options"]  # old configs match

@@ -46,6 +46,8 @@ CONNECTORS = {
     # two encoder depths as separate token groups (projectors/multidepth.py); needs --encoder vit-s14@4+12
     "pixel_shuffle-2depth": ("multidepth", "patch", {"groups": 2, "scale": 4}),  # 16 + 16 tokens
     "pixel_shuffle-2depth-8": ("multidepth", "patch", {"groups": 2, "scale": 4, "last_scale": 8}),  # 16 + 4
+    # + 4 object slots (learned queries over every patch, positions on the keys): one token per object, both depths
+    "pixel_shuffle-2depth-8-slots": ("multidepth", "patch", {"groups": 2, "scale": 4, "last_scale": 8, "slots": 4}),
 }
 DEFAULT = ("resampler", "pixel_shuffle", "linear-pooled")
 ATTRS = ("color", "shape", "size", "position")

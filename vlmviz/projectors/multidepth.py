@@ -11,6 +11,13 @@ Yao et al. 2024, stacks layers on the token axis in its "sparse token integratio
 
 `scale` merges s x s patches of every group; `last_scale` overrides it for the last (deepest) group, whose object
 identity needs fewer tokens: scale 4 and last_scale 8 give 16 + 4 visual tokens from a 16 x 16 grid.
+
+`slots` Q > 0 appends Q object slots after the groups (two-object captions need them to bind): each slot is a learned
+query attending over the h*w patches, with the patch's position added to the keys only (as attnpool.py and Qwen-VL's
+resampler do), pooling the patch features of EVERY depth together, so one slot token carries one object's color
+(block 4) and its shape (block 12) at once; a learned per-slot embedding says which slot it is. Without slots the
+LM has to pair a block-4 color token with the block-12 shape token of the same place by itself, and on held-out
+pairs it swaps them between the two objects (BENCHMARKS.md, relation captions).
 Shape legend: B batch, N tokens (h*w, optionally + CLS, dropped), G depths, D = D_vis / G, M_g tokens of group g.
 """
 from __future__ import annotations
@@ -26,19 +33,30 @@ from .base import Projector, grid_side, register, tokens_to_grid
 
 @register("multidepth")
 class MultiDepthProjector(Projector):
-    def __init__(self, in_dim: int, out_dim: int, groups: int = 2, scale: int = 4, last_scale: int | None = None):
+    def __init__(self, in_dim: int, out_dim: int, groups: int = 2, scale: int = 4, last_scale: int | None = None,
+                 slots: int = 0, rank: int = 64, max_tokens: int = 1024):
         if in_dim % groups:
             raise ValueError(f"multidepth expects {groups} depths side by side, so D_vis divisible by {groups}; got "
                              f"{in_dim} (read the encoder at {groups} layers, e.g. vit-s14@4+12)")
         options = {"groups": groups, "scale": scale} | ({"last_scale": last_scale} if last_scale else {})
+        if slots:  # stated only when used, so checkpoints saved before slots existed keep their config
+            options |= {"slots": slots, "rank": rank, "max_tokens": max_tokens}
         super().__init__(in_dim, out_dim, **options)
         self.groups, self.group_dim = groups, in_dim // groups
         self.scales = [scale] * (groups - 1) + [last_scale or scale]
         self.linears = nn.ModuleList(nn.Linear(self.group_dim * s * s, out_dim, bias=False) for s in self.scales)
+        self.slots = int(slots)
+        if self.slots:
+            self.slot_key = nn.Linear(in_dim, rank)
+            self.slot_pos = nn.Parameter(torch.zeros(max_tokens, rank))  # (N_max, r), keys only
+            self.slot_queries = nn.Parameter(torch.randn(self.slots, rank) * 0.1)  # (Q, r)
+            self.slot_value = nn.Linear(in_dim, out_dim, bias=False)  # every depth of a patch, in one token
+            self.slot_embed = nn.Parameter(torch.zeros(self.slots, out_dim))  # (Q, D_txt): which slot
+        self.attn_weights: torch.Tensor | None = None  # (B, Q, h*w) of the last forward, for plots
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
         side = grid_side(num_input_tokens)
-        return sum(math.ceil(side / s) ** 2 for s in self.scales)
+        return sum(math.ceil(side / s) ** 2 for s in self.scales) + self.slots
 
     def group_tokens(self, num_input_tokens: int) -> list[int]:
         """Visual tokens per depth group, in prefix order (block 4's first for vit-s14@4+12)."""
@@ -54,4 +72,17 @@ class MultiDepthProjector(Projector):
             part = F.pad(part, (0, -w % s, 0, -h % s))  # (B, D, h', w'), multiples of s
             merged = F.pixel_unshuffle(part, s)  # (B, D * s^2, h'/s, w'/s)
             out.append(linear(merged.flatten(2).transpose(1, 2)))  # (B, M_g, D_txt)
-        return torch.cat(out, dim=1)  # (B, M_1 + ... + M_G, D_txt)
+        if self.slots:
+            out.append(self._slot_tokens(grid.flatten(2).transpose(1, 2)))  # (B, Q, D_txt)
+        return torch.cat(out, dim=1)  # (B, M_1 + ... + M_G [+ Q], D_txt)
+
+    def _slot_tokens(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches (B, h*w, G * D) -> (B, Q, D_txt): one attention-pooled token per learned query."""
+        n = patches.shape[1]
+        if n > self.slot_pos.shape[0]:
+            raise ValueError(f"multidepth slots were built for at most {self.slot_pos.shape[0]} patches, got {n}")
+        keys = self.slot_key(patches) + self.slot_pos[:n]  # (B, h*w, r)
+        scores = torch.einsum("qr,bnr->bqn", self.slot_queries, keys) / keys.shape[-1] ** 0.5
+        weights = scores.softmax(-1)  # (B, Q, h*w)
+        self.attn_weights = weights.detach()
+        return torch.einsum("bqn,bnd->bqd", weights, self.slot_value(patches)) + self.slot_embed  # (B, Q, D_txt)

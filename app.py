@@ -578,10 +578,12 @@ def build_index(folder, connector, owner, checkpoints, request: gr.Request, prog
     keep = gr.update()
     who = owner_of(owner, request)
     cancel = _SEARCH_CANCEL[who] = threading.Event()
-    state = {"done": 0, "total": 0, "what": "loading the connector"}
+    state = eta.Progress("loading the connector")
 
     def on_progress(done, total, what):
-        state.update(done=done, total=total, what=what)
+        if what != state.what:
+            state.stage(what, unit="images")
+        state.update(done, total)
 
     result = {}
 
@@ -596,9 +598,10 @@ def build_index(folder, connector, owner, checkpoints, request: gr.Request, prog
     yield f"Indexing {folder} through {connector} ...", keep
     while worker.is_alive():
         worker.join(0.3)
-        if state["total"]:
-            progress((state["done"], state["total"]), desc=state["what"], unit="images")
-            yield f"{state['what'].capitalize()}: {state['done']} of {state['total']}", keep
+        if state.total:  # the bar sits on the index menu (show_progress_on), the status line stays readable
+            progress((state.done, state.total), desc=state.what, unit="images")
+            line = state.line()
+            yield line[:1].upper() + line[1:], keep
     if "err" in result:
         name = type(result["err"]).__name__
         message = str(result["err"]) if name == "IndexCancelled" else session.report(result["err"], "indexing")
@@ -1021,7 +1024,8 @@ def build_demo() -> gr.Blocks:
                      [ck_msg, checkpoints, projector, proj_a, proj_b, ck_list], show_progress_on=ck_msg)
         demo.load(_index_menu, None, lib_index, api_visibility="private")
         lib_build.click(build_index, [lib_folder, lib_connector, owner, checkpoints], [lib_status, lib_index],
-                        concurrency_limit=2, concurrency_id="index", api_name="build_index")
+                        concurrency_limit=2, concurrency_id="index", api_name="build_index",
+                        show_progress_on=lib_index)
         lib_cancel.click(cancel_index, owner, lib_status, queue=False)
         checkpoints.change(lambda c: gr.update(choices=BUILT_INS + list(c)), checkpoints, lib_connector,
                            api_visibility="private")

@@ -438,7 +438,7 @@ def test_search_tab_builds_an_index_finds_photos_and_opens_one_in_inspect(page, 
     assert_page_intact(pg)
 
 
-def test_search_tab_cancel_keeps_what_was_indexed_and_bad_input_gets_one_message(page, tmp_path):
+def test_search_tab_cancel_keeps_what_was_indexed_and_bad_input_gets_one_message(page, artifacts, tmp_path):
     from shapes_folder import make_shape_folder
 
     pg = page
@@ -447,6 +447,13 @@ def test_search_tab_cancel_keeps_what_was_indexed_and_bad_input_gets_one_message
     pg.locator("#lib-folder textarea").fill(str(lib))
     pg.locator("#lib-build").click()
     wait_text(pg, "#lib-status", "Embedding images")
+    # while it runs the status line counts, uncovered: the progress bar sits on the index menu
+    assert "of 240 images" in text_of(pg, "#lib-status")
+    covered = pg.evaluate("(() => { const r = document.querySelector('#lib-status').getBoundingClientRect(); "
+                          "const e = document.elementFromPoint(r.x + 20, r.y + r.height / 2); "
+                          "return !document.querySelector('#lib-status').contains(e); })()")
+    pg.screenshot(path=str(artifacts / "search-building.png"))
+    assert not covered
     pg.locator("#lib-cancel").click()
     wait_text(pg, "#lib-status", "⏹")
     assert "cancelled after" in text_of(pg, "#lib-status")

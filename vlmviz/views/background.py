@@ -5,8 +5,9 @@
     job.start(); job.status()["message"]; job.cancel()
 
 `build(progress, should_stop)` reports progress(stage, done, total) and polls should_stop(); it returns the built
-file's path. The time left is estimated from the current stage's own rate (steps per second so far), the way a
-person would guess it, and is only shown once a stage has a few items behind it.
+file's path. The stage, count and clock are an eta.Progress, the app's one progress model: the time left is
+estimated from the current stage's own rate (steps per second so far), the way a person would guess it, and is only
+shown once a stage has a few items behind it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .eta import Progress, say
 from .session import scrub
 
 STATES = ("idle", "running", "done", "cancelled", "failed")
@@ -30,8 +32,7 @@ class BackgroundBuild:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.state, self.stage, self.done, self.total = "idle", "", 0, 0
-        self.started = self.stage_started = 0.0
+        self.state, self.progress = "idle", None
         self.path: Path | None = None
         self.error = ""
 
@@ -41,8 +42,7 @@ class BackgroundBuild:
             if self.state in ("running", "done"):
                 return False
             self._stop.clear()
-            self.state, self.stage, self.done, self.total, self.error = "running", "starting", 0, 0, ""
-            self.started = self.stage_started = time.monotonic()
+            self.state, self.progress, self.error = "running", Progress("starting"), ""
             self._thread = threading.Thread(target=self._run, name=f"build {self.what}", daemon=True)
             self._thread.start()
             return True
@@ -61,9 +61,9 @@ class BackgroundBuild:
 
     def _progress(self, stage: str, done: int, total: int) -> None:
         with self._lock:
-            if stage != self.stage:
-                self.stage, self.stage_started = stage, time.monotonic()
-            self.done, self.total = done, total
+            if stage != self.progress.what:
+                self.progress.stage(stage)
+            self.progress.update(done, total)
 
     def _run(self) -> None:
         try:
@@ -78,13 +78,13 @@ class BackgroundBuild:
 
     def status(self) -> dict:
         with self._lock:
-            left = None
-            elapsed = time.monotonic() - self.stage_started
-            if self.state == "running" and self.total and self.done >= 3:
-                left = elapsed / self.done * (self.total - self.done)
-            return {"state": self.state, "stage": self.stage, "done": self.done, "total": self.total,
-                    "seconds": time.monotonic() - self.started if self.started else 0.0, "left_s": left,
-                    "path": self.path, "error": self.error}
+            p = self.progress
+            if p is None:
+                return {"state": self.state, "stage": "", "done": 0, "total": 0, "seconds": 0.0, "left_s": None,
+                        "path": self.path, "error": self.error}
+            left = p.left() if self.state == "running" and p.total and p.done >= 3 else None
+            return {"state": self.state, "stage": p.what, "done": p.done, "total": p.total,
+                    "seconds": time.monotonic() - p.started, "left_s": left, "path": self.path, "error": self.error}
 
     def message(self) -> str:
         """One line for a person: what is happening, how far, about how long is left."""
@@ -99,7 +99,7 @@ class BackgroundBuild:
         if st["state"] == "failed":
             return f"Building {self.what} failed: {st['error']}"
         where = f"{st['stage']} {st['done']}/{st['total']}" if st["total"] else st["stage"]
-        left = f", about {_duration(st['left_s'])} left in this stage" if st["left_s"] is not None else ""
+        left = f", {say(st['left_s'])} left in this stage" if st["left_s"] is not None else ""
         return f"Building {self.what} in the background: {where}{left} ({_duration(st['seconds'])} so far)."
 
 

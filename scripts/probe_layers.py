@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from vlmviz.encoders import load_vision_encoder, select_tokens
-from vlmviz.runs.experiment import load_split
+from vlmviz.data.splits import load_split
 
 
 def hidden_states(encoder, samples, layers, batch_size: int = 50) -> dict[int, torch.Tensor]:

@@ -45,7 +45,7 @@ def test_train_reports_recall_against_distinct_captions(trained):
 
 def test_eval_reuses_the_checkpoints_split_and_warns_when_asked_for_another(trained, folders):
     from vlmviz.checkpoints import read_config
-    from vlmviz.runs.experiment import split_digest, load_split
+    from vlmviz.data.splits import load_split, split_digest
 
     ck, _ = trained
     recorded = read_config(ck)["split"]

@@ -52,7 +52,7 @@ def _warn(message: str) -> None:
 def cmd_embed(args):
     from .data import SCENES, load_dataset
     from .encoders import load_vision_encoder
-    from .runs.experiment import load_split
+    from .data.splits import load_split
     from .features import FeatureCache
 
     encoder = load_vision_encoder(args.encoder)
@@ -165,7 +165,7 @@ def _eval_split(args, ck: dict, dataset: str):
     """The pairs to score and what they are. 'test': the checkpoint's own held-out split (its recorded seed and
     sizes, so no training image is scored); 'all': every usable row (another folder than the training one)."""
     from .data import SCENES, load_dataset
-    from .runs.experiment import split_digest, load_split
+    from .data.splits import load_split, split_digest
 
     recorded = ck.get("split") or {}
     trained_on = recorded.get("dataset", ck.get("dataset"))

@@ -71,7 +71,7 @@ def build_checkpoint(path: str | Path, label: str, progress=None, should_stop=No
     from .captioner import save_captioner
     from ..data import scene_split
     from ..encoders import load_vision_encoder, select_tokens
-    from ..runs.experiment import split_record
+    from ..data.splits import split_record
     from ..features import FeatureCache
 
     r = recipe(**settings)

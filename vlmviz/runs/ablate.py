@@ -75,7 +75,7 @@ def prepare(encoder_name: str, text_name: str, n_train: int = 4000, n_test: int 
     """captions: train on each scene's caption as drawn, or on its canonical statement; auto = canonical for scenes
     that state a relation (openset.training_caption). hard_negatives: also embed each training scene's twins
     (openset.hard_negative_captions) for InfoNCE."""
-    from .experiment import load_split
+    from ..data.splits import load_split
 
     if captions not in CAPTIONS:
         raise ValueError(f"captions must be one of {', '.join(CAPTIONS)}; got {captions!r}")

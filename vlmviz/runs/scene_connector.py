@@ -57,7 +57,7 @@ def pooled_features(encoder, samples, batch_size: int = 32, progress=None) -> to
 
 def train_scenes_connector(progress=None, log=print) -> tuple:
     """Train by RECIPE and score open-set on the held-out scenes: (projector, report, split record)."""
-    from .experiment import split_record
+    from ..data.splits import split_record
 
     encoder, text = load_vision_encoder(ENCODER), load_text_space(TEXT)
     train, test = scene_split(N_TRAIN, N_TEST, seed=SEED)  # test: only (color, shape) pairs never trained on

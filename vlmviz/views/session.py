@@ -358,7 +358,8 @@ def score_open_set(cfg: ExperimentConfig, dataset: str, n_train: int, n_test: in
     """Scenes only: rank each held-out image against every seen and held-out caption plus the swapped twins (the
     figures BENCHMARKS.md and the presets quote), from the checkpoint just saved and the cached test tokens."""
     from ..data import SCENES
-    from ..runs.experiment import featurize, load_split
+    from ..data.splits import load_split
+    from ..runs.experiment import featurize
     from ..eval.openset import candidate_set, open_set_report
     from ..checkpoints import load_checkpoint
     from ..train import embed

@@ -251,18 +251,19 @@ def follow_checkpoint(projector, checkpoints, encoder=None, text=None):
             "Untrained connector: its ranking is chance. Train one in the Train tab.")
 
 
-def open_vlm(source, checkpoints, opened):
+def open_vlm(source, contextual, checkpoints, opened):
     """Open a real VLM (a folder or a cached hub id) and choose it as the connector; a bad folder, an unsupported
     family or a missing path is one message beside the picker and the menus stay as they were. `opened` counts
     the VLMs opened: its change re-ranks the image, so a failed open leaves the page alone."""
     try:
-        choice, pipe = vlm_view.open_choice(source)
+        choice, pipe = vlm_view.open_choice(source, bool(contextual))
     except Exception as err:  # noqa: BLE001
         keep = gr.update()
         return keep, keep, keep, session.report(err, "opening the VLM"), opened
     menu = choices(checkpoints)
     return (gr.update(choices=menu, value=choice), gr.update(choices=menu), gr.update(choices=menu),
-            f"✅ Opened **{pipe.label}**: Inspect now runs its own tower, connector and LM embedding table.",
+            f"✅ Opened **{pipe.label}**: Inspect now runs its own tower and connector, with captions read "
+            f"{'by its LM (the mean of its last hidden states)' if contextual else 'in its LM embedding table'}.",
             opened + 1)
 
 
@@ -713,7 +714,10 @@ def build_demo() -> gr.Blocks:
                     vlm_path = gr.Textbox(label="... or the folder of a saved VLM on this machine", scale=4,
                                           placeholder="/path/to/llava-1.5-7b-hf (LLaVA, Qwen2-VL, InternVL, "
                                           "Idefics3, PaliGemma, Gemma 3, Mistral 3 ...)", elem_id="vlm-path")
-                    vlm_open = gr.Button("Open VLM", scale=1, min_width=110, elem_id="vlm-open")
+                    with gr.Column(scale=1, min_width=150):
+                        vlm_context = gr.Checkbox(False, label="captions through its LM (contextual)",
+                                                  elem_id="vlm-context")
+                        vlm_open = gr.Button("Open VLM", min_width=110, elem_id="vlm-open")
                 vlm_msg = gr.Markdown(elem_id="vlm-msg", elem_classes="vv-msg")
                 vlm_opened = gr.State(0)
                 with gr.Row():
@@ -945,7 +949,7 @@ def build_demo() -> gr.Blocks:
         opening = [vlm_cached.input(lambda picked: picked, vlm_cached, vlm_path, api_visibility="private").then,
                    vlm_open.click, vlm_path.submit]
         for i, trigger in enumerate(opening):
-            trigger(open_vlm, [vlm_path, checkpoints, vlm_opened], [projector, proj_a, proj_b, vlm_msg, vlm_opened],
+            trigger(open_vlm, [vlm_path, vlm_context, checkpoints, vlm_opened], [projector, proj_a, proj_b, vlm_msg, vlm_opened],
                     show_progress_on=vlm_msg,
                     concurrency_limit=1, concurrency_id="open-vlm", api_visibility="private",
                     **({"api_name": "open_vlm"} if i == 1 else {}))

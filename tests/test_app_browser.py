@@ -535,6 +535,20 @@ def test_open_a_real_vlm_rank_read_words_and_see_a_tokens_patches_then_a_bad_fol
     pg.locator("#provenance").scroll_into_view_if_needed()
     pg.screenshot(path=str(artifacts / "tab-inspect-vlm.png"), full_page=True)
     assert_page_intact(pg)
+    pg.locator("#vlm-context input").check()  # the same VLM, captions read by its LM: a choice of its own
+    pg.click("#vlm-open")
+    wait_text(pg, "#vlm-msg", "mean of its last hidden states")
+    assert dropdown_value(pg, "projector") == f"vlm (contextual text): {folder}"
+    pg.wait_for_function("document.querySelector('#text input').value.includes('contextual')", timeout=LONG)
+    wait_text(pg, "#connector-note", "captions are read by the LM")
+    wait_text(pg, "#ranking", "tabby cat")
+    assert text_of(pg, "#inspect-msg").strip() == ""
+    pg.screenshot(path=str(artifacts / "tab-inspect-vlm-contextual.png"), full_page=True)
+    pg.locator("#vlm-context input").uncheck()
+    pg.click("#vlm-open")
+    pg.wait_for_function(f"document.querySelector('#projector input').value === {f'vlm: {folder}'!r}",
+                         timeout=LONG)
+    assert_page_intact(pg)
 
     T.CLIPVisionConfig(image_size=32, patch_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=4).save_pretrained(tmp_path / "clip")

@@ -367,3 +367,23 @@ def test_contextual_text_through_pipeline_and_cli(with_tokenizer, saved, tmp_pat
     assert ctx.nearest_tokens(torch.randn(1, 48), k=2)[0][0][0].startswith("<")
     with pytest.raises(VLMError, match="no tokenizer"):
         ctx.encode(["a cat"])
+
+
+def test_app_opens_a_vlm_with_contextual_captions_as_its_own_choice(with_tokenizer):
+    """The app's 'captions through its LM' box: a second Connector choice for the same folder, resolved to the
+    contextual text space (word order counts there), with its own note; the embedding-table choice stays as it was."""
+    from vlmviz.views import domain, pipeline, vlm_view
+
+    _, folder = with_tokenizer("llava")
+    plain, _ = vlm_view.open_choice(str(folder))
+    ctx_choice, ctx_pipe = vlm_view.open_choice(str(folder), contextual=True)
+    assert plain == f"vlm: {folder}" and ctx_choice == f"vlm (contextual text): {folder}"
+    assert vlm_view.is_vlm_choice(ctx_choice) and ctx_choice in vlm_view.opened()
+    assert vlm_view.source_of(ctx_choice) == str(folder)  # the choice typed back into the folder box opens it
+    resolved = pipeline.resolve_pipeline(ctx_choice, {}, "vit-s14", "minilm-l6", "all")
+    assert resolved is ctx_pipe and resolved.text.kind == "contextual"
+    assert pipeline.resolve_pipeline(plain, {}, "vit-s14", "minilm-l6", "all").text.kind == "token-mean"
+    a, b = resolved.text.encode(ORDER)  # same words, roles swapped: apart in the contextual space only
+    assert not torch.allclose(a, b)
+    assert "word order counts" in domain.choice_note(ctx_choice, {}, None)
+    assert "bag of words" in domain.choice_note(plain, {}, None)

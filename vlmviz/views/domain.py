@@ -120,7 +120,13 @@ def choice_note(choice: str, checkpoints: dict, image) -> str:
     from ..builtins import BUILT_IN, built_in_checkpoint
     from ..checkpoints import read_config
 
-    if choice.startswith("vlm: "):  # explore.VLM_PREFIX
+    from .pipeline import vlm_source
+
+    if vlm := vlm_source(choice):
+        if vlm[1] == "context":
+            return ("a real VLM's own connector, read against its LM's contextual space: a caption is the mean of the "
+                    "LM's last hidden states over it (word order counts), the projected image tokens are not run "
+                    "through the LM")
         return ("a real VLM's own connector, read against its LM's input-embedding table: a caption is the mean of "
                 "its tokens' rows there, a bag of words, not what the VLM's LM would make of it")
     path = checkpoints.get(choice) or (built_in_checkpoint(choice) if choice in BUILT_IN else None)

@@ -389,12 +389,24 @@ def _cached(key: tuple, build) -> Pipeline:
 
 
 VLM_PREFIX = "vlm: "  # the app's connector choice for a real VLM: 'vlm: <folder or hub id>'
+# the same VLM with captions read in its LM's contextual space (Pipeline.from_vlm(text="context"))
+VLM_CONTEXT_PREFIX = "vlm (contextual text): "
 
 
-def get_vlm_pipeline(source: str) -> Pipeline:
-    """A real VLM's pipeline (Pipeline.from_vlm), cached by its folder or hub id; the model itself is loaded once
-    per process (vlmviz.vlms.open_vlm)."""
-    return _cached(("vlm", str(source)), lambda: Pipeline.from_vlm(source))
+def vlm_source(choice) -> tuple[str, str] | None:
+    """(source, text mode) of a VLM connector choice, None for any other choice."""
+    if not isinstance(choice, str):
+        return None
+    for prefix, text in ((VLM_PREFIX, "embed"), (VLM_CONTEXT_PREFIX, "context")):
+        if choice.startswith(prefix):
+            return choice.removeprefix(prefix), text
+    return None
+
+
+def get_vlm_pipeline(source: str, text: str = "embed") -> Pipeline:
+    """A real VLM's pipeline (Pipeline.from_vlm), cached by its folder or hub id and text mode; the model itself is
+    loaded once per process and mode (vlmviz.vlms.open_vlm)."""
+    return _cached(("vlm", str(source), text), lambda: Pipeline.from_vlm(source, text=text))
 
 
 def resolve_pipeline(choice: str, checkpoints: dict, encoder: str, text: str, tokens: str) -> Pipeline:
@@ -403,8 +415,8 @@ def resolve_pipeline(choice: str, checkpoints: dict, encoder: str, text: str, to
     (a real VLM's own tower, connector and LM table; encoder, text and tokens are then the VLM's)."""
     if choice in checkpoints:
         return get_checkpoint_pipeline(checkpoints[choice])
-    if choice.startswith(VLM_PREFIX):
-        return get_vlm_pipeline(choice.removeprefix(VLM_PREFIX))
+    if vlm := vlm_source(choice):
+        return get_vlm_pipeline(*vlm)
     from ..builtins import BUILT_IN, built_in_checkpoint  # lazily: the builders make their pipelines with this module
 
     if choice in BUILT_IN:

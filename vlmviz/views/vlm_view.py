@@ -11,11 +11,14 @@ import os
 import threading
 from pathlib import Path
 
-from .pipeline import VLM_PREFIX, get_vlm_pipeline
+from .pipeline import VLM_CONTEXT_PREFIX, VLM_PREFIX, get_vlm_pipeline, vlm_source
 from ..vlms import SUPPORTED
 
 NOT_RUN = ("the LM's layers are not run: vlmviz reads only its input-embedding table, the space the connector "
            "writes into")
+NOT_RUN_ON_IMAGES = ("the LM's layers are not run on the image tokens: captions are read by the LM (the mean of its "
+                     "last hidden states), the image is the connector's output, so the two meet in a space the "
+                     "connector was not trained to write into")
 _OPENED: dict[str, tuple[str, str]] = {}  # choice -> (tower name, text space name), in the order opened
 _LOCK = threading.Lock()
 
@@ -61,7 +64,7 @@ def cache_note(found: list) -> str:
 
 def source_of(text: str) -> str:
     """A folder (made absolute, so one folder is one choice) or a hub id, from what the person typed or picked."""
-    text = (text or "").strip().removeprefix(VLM_PREFIX).strip()
+    text = (text or "").strip().removeprefix(VLM_PREFIX).removeprefix(VLM_CONTEXT_PREFIX).strip()
     if not text:
         raise ValueError("no VLM given: type the folder of a saved VLM or pick one from your Hugging Face cache")
     path = Path(text).expanduser()
@@ -75,12 +78,13 @@ def source_of(text: str) -> str:
     return text  # a hub id: vlms.open_vlm says when it is not in the cache
 
 
-def open_choice(text: str) -> tuple[str, object]:
+def open_choice(text: str, contextual: bool = False) -> tuple[str, object]:
     """Open a VLM for the app: its Connector-menu choice and its pipeline, or a VLMError / ValueError that says
-    what is wrong (not a VLM, an unsupported family, a missing folder)."""
+    what is wrong (not a VLM, an unsupported family, a missing folder). contextual: captions are read as the mean of
+    the LM's last hidden states over them (order-aware) instead of the mean of their rows in its embedding table."""
     source = source_of(text)
-    pipe = get_vlm_pipeline(source)
-    choice = VLM_PREFIX + source
+    pipe = get_vlm_pipeline(source, "context" if contextual else "embed")
+    choice = (VLM_CONTEXT_PREFIX if contextual else VLM_PREFIX) + source
     with _LOCK:
         _OPENED[choice] = (pipe.encoder.name, pipe.text.name)
     return choice, pipe
@@ -93,7 +97,7 @@ def opened() -> list[str]:
 
 
 def is_vlm_choice(choice) -> bool:
-    return isinstance(choice, str) and choice.startswith(VLM_PREFIX)
+    return vlm_source(choice) is not None
 
 
 def is_vlm_part(name) -> bool:
@@ -113,7 +117,7 @@ def composition(pipe) -> str:
     reduce = f"{n} → {m} tokens, {n / m:g}x fewer" if m < n else f"{n} → {m} tokens, one per tower token"
     laid = f"a {grid[0]} x {grid[1]} grid" + (" after a CLS token" if grid[2] else "") if grid else \
         "learned queries, not tied to places"
-    notes = "; ".join([*s["notes"], NOT_RUN])
+    notes = "; ".join([*s["notes"], NOT_RUN_ON_IMAGES if pipe.text.kind == "contextual" else NOT_RUN])
     return (f"**VLM {s['family']}** ({Path(s['source']).name}): tower {gh} x {gw} patches{cls} at "
             f"{s['image_size']} px = {n} tokens of {s['d_vis']}-d → connector **{s['connector']}** "
             f"({s['connector_params']:,} parameters) → **{m} tokens per image** of {s['d_txt']}-d, {laid} "

@@ -143,3 +143,33 @@ def test_close_takes_the_cross_attention_off_the_shared_lm(tiny_lm_dir):
     vlm.close()
     assert torch.equal(lm(input_ids=ids).logits, plain)
     vlm._visual = None
+
+
+def test_swap_negatives_rank_each_caption_over_its_color_swapped_twin(tiny_lm_dir):
+    """CaptionHead(swap_weight=w): the usual mean cross-entropy plus w * softplus(NLL(caption) - NLL(twin)) over the
+    first half of the batch; the twin exchanges the two colors and keeps the articles right, so it differs from the
+    caption in its binding only."""
+    import torch.nn.functional as F
+
+    from vlmviz.caption.model import CaptionHead, swap_colors
+
+    assert swap_colors("a photo of a purple diamond right of a blue triangle") == \
+        "a photo of a blue diamond right of a purple triangle"
+    assert swap_colors("an orange circle above a green square") == "a green circle above an orange square"
+    assert swap_colors("a small red circle on the left") is None  # one color: no twin, no ranking term
+    caps = ["a red circle left of a blue square", "a blue star above a red circle", "a small red circle on the left",
+            "a green square left of a blue circle"]
+    vlm = build_vlm(str(tiny_lm_dir))
+    torch.manual_seed(0)
+    visual = torch.randn(4, 3, vlm.dim)
+    index = torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        plain = float(CaptionHead(vlm, caps)(visual, index))
+        assert abs(plain - float(vlm.caption_loss(visual, caps))) < 1e-6
+        ranked = float(CaptionHead(vlm, caps, swap_weight=0.5)(visual, index))
+        nll = vlm.caption_loss(visual[:2], caps[:2], per_caption=True)
+        twins = vlm.caption_loss(visual[:2], [swap_colors(c) for c in caps[:2]], per_caption=True)
+    assert abs(ranked - plain - 0.5 * float(F.softplus(nll - twins).mean())) < 1e-4
+    only_one_color = CaptionHead(vlm, caps, swap_weight=0.5)(visual[2:3], index[2:3])
+    assert abs(float(only_one_color) - float(vlm.caption_loss(visual[2:3], caps[2:3]))) < 1e-6
+    vlm.close()

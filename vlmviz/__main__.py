@@ -329,7 +329,7 @@ def cmd_caption_eval(args):
                      batch_size=args.batch_size, lr=args.lr, n_train=n_train, n_test=args.n_test, lm=args.lm,
                      encoder=args.encoder or "vit-s14", max_new_tokens=args.max_new_tokens, seed=args.seed,
                      out_dir=args.out_dir, threads=args.threads, retrain=args.retrain, warmup=args.warmup,
-                     objects=args.objects, preset=args.preset, log=print)
+                     objects=args.objects, preset=args.preset, swap_weight=args.swap_negatives, log=print)
 
 
 def cmd_inspect(args):
@@ -525,6 +525,8 @@ def main(argv=None) -> int:
                    "steps, at most 10)")
     p.add_argument("--objects", type=int, choices=(1, 2), default=1, help="1: one-object scenes (color, shape, size, "
                    "position); 2: two-object relation scenes (both colors and shapes and the relation)")
+    p.add_argument("--swap-negatives", type=float, default=0.0, metavar="W", help="two-object scenes: add W x the "
+                   "ranking of each caption over its color-swapped twin to the caption loss (default 0: off)")
     p.add_argument("--lm", default="smollm2-135m", help="smollm2-135m or a Hugging Face causal LM folder")
     p.add_argument("--encoder", help="default vit-s14; vit-s14@4 reads block 4, vit-s14@4+12 both depths (the "
                    "pixel_shuffle-2depth connectors need two)")

@@ -85,11 +85,13 @@ def best_constant(samples: list) -> dict:
     return {**out, "one_object": 1.0, "distinct": 1 / len(samples)}
 
 
-def _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder, warmup=None, objects=1) -> dict:
+def _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder, warmup=None, objects=1,
+            swap_weight=0.0) -> dict:
     recipe = {"connector": name, "mode": mode, "steps": steps, "batch_size": batch_size, "lr": lr,
               "n_train": n_train, "seed": seed, "lm": lm_name(lm), "encoder": encoder}
     # only stated when not the default, so checkpoints trained before these options existed are still reused
-    return recipe | ({"warmup": warmup} if warmup is not None else {}) | ({"objects": objects} if objects != 1 else {})
+    return (recipe | ({"warmup": warmup} if warmup is not None else {}) | ({"objects": objects} if objects != 1 else {})
+            | ({"swap_weight": swap_weight} if swap_weight else {}))
 
 
 def caption_preset(name: str):
@@ -129,7 +131,8 @@ def check_encoder(name: str, encoder: str, spec: tuple | None = None) -> None:
 
 def train_caption_connector(family: str, options: dict, x_tr: torch.Tensor, captions: list[str], *, mode="prefix",
                             lm: str = "smollm2-135m", steps: int = 200, lr: float = 1e-3, batch_size: int = 8,
-                            warmup: int | None = None, seed: int = 0, callback=None, should_stop=None):
+                            warmup: int | None = None, seed: int = 0, swap_weight: float = 0.0, callback=None,
+                            should_stop=None):
     """Train a fresh connector (and xattn blocks) on tokens x_tr (N, T, D_vis) through the frozen LM's caption loss:
     (projector, vlm, TrainResult, stats). Seeded, so the same arguments give the same weights: caption-eval and the
     built-in Describe captioner (caption_builtin.py) both train here."""
@@ -140,7 +143,8 @@ def train_caption_connector(family: str, options: dict, x_tr: torch.Tensor, capt
                       warmup_steps=warmup_steps(steps, warmup), eval_every=0, seed=seed, device="cpu")
     cpu = time.process_time()  # CPU seconds of this process (all its threads): a figure the shared machine spares
     try:
-        result = train_projector(projector, x_tr, torch.arange(len(x_tr)), cfg, head=CaptionHead(vlm, captions),
+        head = CaptionHead(vlm, captions, swap_weight)
+        result = train_projector(projector, x_tr, torch.arange(len(x_tr)), cfg, head=head,
                                  callback=callback, should_stop=should_stop)
     except BaseException:
         vlm.close()
@@ -170,6 +174,7 @@ def _train_or_load(path: Path, recipe: dict, spec: tuple, x_tr, captions, retrai
     projector, vlm, result, stats = train_caption_connector(
         family, options, x_tr, captions, mode=recipe["mode"], lm=recipe["lm"], steps=recipe["steps"], lr=recipe["lr"],
         batch_size=recipe["batch_size"], warmup=recipe.get("warmup"), seed=recipe["seed"],
+        swap_weight=recipe.get("swap_weight", 0.0),
         callback=lambda r: r["step"] % every == 0 and log(
             f"  step {r['step']}/{r['steps']} loss {r['loss']:.3f} ({r['elapsed']:.0f} s)"))
     save_captioner(path, projector, vlm, recipe["lm"], encoder=recipe["encoder"], tokens=tokens, text=recipe["lm"],
@@ -182,12 +187,14 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
                      lr: float = 1e-3, n_train: int = 600, n_test: int = 100, lm: str = "smollm2-135m",
                      encoder: str = "vit-s14", max_new_tokens: int = 20, seed: int = 0,
                      out_dir: str | Path = "artifacts/caption_eval", threads: int | None = None, retrain: bool = False,
-                     warmup: int | None = None, objects: int = 1, preset: str | None = None, log=print):
+                     warmup: int | None = None, objects: int = 1, preset: str | None = None, swap_weight: float = 0.0,
+                     log=print):
     """Train (or load) every connector x mode, caption the held-out scenes greedily, score; returns a DataFrame
     and writes caption_eval.csv / .md and examples.jsonl to out_dir. objects 2: two-object relation scenes
     ("a red circle left of a blue square"), every test object a held-out (color, shape) pair. preset: a caption
     preset of config.PRESETS is the one connector, with its encoder, mode and training settings (the other
-    arguments still choose the data, decoding and where the checkpoint goes)."""
+    arguments still choose the data, decoding and where the checkpoint goes). swap_weight > 0 adds the ranking of
+    each two-object caption over its color-swapped twin to the caption loss (model.CaptionHead)."""
     import pandas as pd
 
     from ..data import scene_split
@@ -242,7 +249,8 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
                 x_te.shape[1])}, said, held_out_loss(untrained, base, x_te, truth))
             for mode in modes:
                 log(f"== {name} ({family} {options}, {tokens} tokens), {mode}")
-                recipe = _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder, warmup, objects)
+                recipe = _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder, warmup, objects,
+                                 swap_weight)
                 projector, vlm, stats = _train_or_load(out / f"{name}-{mode}.safetensors", recipe, specs[name], x_tr,
                                                        captions, retrain, log)
                 try:

@@ -128,8 +128,9 @@ class VisualLM(nn.Module):
             raise ValueError(f"visual tokens must be (B, M, {self.dim}) (the LM width), got {tuple(visual.shape)}")
         return visual.to(self.lm.dtype)
 
-    def caption_loss(self, visual: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
-        """Mean next-token cross-entropy over caption tokens (+ the closing end token) given the visual tokens."""
+    def caption_loss(self, visual: torch.Tensor, captions: Sequence[str], per_caption: bool = False) -> torch.Tensor:
+        """Mean next-token cross-entropy over caption tokens (+ the closing end token) given the visual tokens;
+        per_caption: (B,) each caption's summed negative log-likelihood instead."""
         visual = self._check(visual)
         b, device = len(visual), visual.device
         past, p1 = self._before(b)
@@ -152,6 +153,9 @@ class VisualLM(nn.Module):
         finally:
             self._visual = None
         labels = ids.masked_fill(mask == 0, -100)
+        if per_caption:
+            nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+            return nll.sum(1)  # (B,)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
     @torch.no_grad()
@@ -224,14 +228,52 @@ def _nucleus(logits: torch.Tensor, temperature: float, top_p: float, generator) 
 
 
 class CaptionHead(nn.Module):
-    """The trainer's loss for objective 'caption': visual tokens (b, M, D) and caption indices (b,)."""
+    """The trainer's loss for objective 'caption': visual tokens (b, M, D) and caption indices (b,).
 
-    def __init__(self, vlm: VisualLM, captions: Sequence[str]):
+    swap_weight w > 0 (two-object captions): add w * softplus(NLL(caption) - NLL(its color-swapped twin)) over the
+    first `swap_share` of each batch, the twin being the same sentence with the two objects' colors exchanged
+    ("a purple diamond left of a blue triangle" -> "a blue diamond left of a purple triangle"). Cross-entropy alone
+    lets the LM name two objects' words and still bind them wrongly; the ranking term is paid only when the image
+    does not tell the two bindings apart (unlikelihood of the wrong binding, as NegCLIP's swapped negatives do for
+    contrastive training)."""
+
+    def __init__(self, vlm: VisualLM, captions: Sequence[str], swap_weight: float = 0.0, swap_share: float = 0.5):
         super().__init__()
         self.vlm, self.captions, self.kind = vlm, list(captions), "caption"
+        self.swap_weight, self.swap_share = float(swap_weight), float(swap_share)
+        self.twins = [swap_colors(c) for c in self.captions] if self.swap_weight else []
 
     def forward(self, visual: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self.vlm.caption_loss(visual, [self.captions[int(i)] for i in index])
+        captions = [self.captions[int(i)] for i in index]
+        if not self.swap_weight:
+            return self.vlm.caption_loss(visual, captions)
+        k = max(1, round(len(captions) * self.swap_share))
+        pairs = [(j, self.twins[int(i)]) for j, i in enumerate(index[:k]) if self.twins[int(i)]]
+        if not pairs:
+            return self.vlm.caption_loss(visual, captions)
+        rows = [j for j, _ in pairs]
+        nll = self.vlm.caption_loss(torch.cat([visual, visual[rows]]), captions + [t for _, t in pairs],
+                                    per_caption=True)  # (B + P,): every caption, then the twins
+        lengths = torch.tensor([len(self.vlm.tokenizer(c.strip(), add_special_tokens=False)["input_ids"]) + 1
+                                for c in captions], dtype=nll.dtype, device=nll.device)
+        ce = nll[:len(captions)].sum() / lengths.sum()  # the mean per-token cross-entropy, as without twins
+        rank = F.softplus(nll[rows] - nll[len(captions):]).mean()
+        return ce + self.swap_weight * rank
+
+
+def swap_colors(caption: str) -> str | None:
+    """The caption with its two color words exchanged, or None when it has not exactly two different colors."""
+    found = list(re.finditer(rf"\b({'|'.join(COLORS)})\b", caption))
+    if len(found) != 2 or found[0].group(1) == found[1].group(1):
+        return None
+    (a, b) = found
+    swapped = caption[:a.start()] + b.group(1) + caption[a.end():b.start()] + a.group(1) + caption[b.end():]
+    return _article_fix(swapped)
+
+
+def _article_fix(text: str) -> str:
+    """'a'/'an' before each word as English (and the scene captions) write it, so a twin differs only in binding."""
+    return re.sub(r"\b(a|an) (\w)", lambda m: ("an " if m.group(2) in "aeiou" else "a ") + m.group(2), text)
 
     @property
     def temperature(self):

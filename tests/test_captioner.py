@@ -173,3 +173,10 @@ def test_swap_negatives_rank_each_caption_over_its_color_swapped_twin(tiny_lm_di
     only_one_color = CaptionHead(vlm, caps, swap_weight=0.5)(visual[2:3], index[2:3])
     assert abs(float(only_one_color) - float(vlm.caption_loss(visual[2:3], caps[2:3]))) < 1e-6
     vlm.close()
+    from vlmviz.caption.evaluate import train_caption_connector  # and it trains through the real trainer
+
+    x = torch.randn(4, 16, 32)
+    projector, trained, result, _ = train_caption_connector("linear", {}, x, caps, lm=str(tiny_lm_dir), steps=2,
+                                                            batch_size=4, swap_weight=0.5)
+    assert result.steps_done == 2 and all(h["loss"] > 0 for h in result.history)
+    trained.close()

@@ -260,6 +260,10 @@ class CaptionHead(nn.Module):
         rank = F.softplus(nll[rows] - nll[len(captions):]).mean()
         return ce + self.swap_weight * rank
 
+    @property
+    def temperature(self):
+        return None
+
 
 def swap_colors(caption: str) -> str | None:
     """The caption with its two color words exchanged, or None when it has not exactly two different colors."""
@@ -274,10 +278,6 @@ def swap_colors(caption: str) -> str | None:
 def _article_fix(text: str) -> str:
     """'a'/'an' before each word as English (and the scene captions) write it, so a twin differs only in binding."""
     return re.sub(r"\b(a|an) (\w)", lambda m: ("an " if m.group(2) in "aeiou" else "a ") + m.group(2), text)
-
-    @property
-    def temperature(self):
-        return None
 
 
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "pink", "brown", "gray", "cyan")

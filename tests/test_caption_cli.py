@@ -151,6 +151,16 @@ def test_caption_eval_relations_and_presets_on_a_tiny_lm(tmp_path, tiny_lm_dir, 
     recipe = read_config(tmp_path / "preset" / "caption-describe-prefix.safetensors")["recipe"]
     assert recipe["encoder"] == "vit-s14@4+12" and recipe["warmup"] == 1 and recipe["mode"] == "prefix"
     vlmviz = run_main(capsys)
+    # caption-relations trains on two-object relation scenes unless --objects says otherwise (made 2 steps long)
+    rel = config.preset("caption-relations")
+    assert (rel.train.lr, rel.train.steps, rel.projector.options) == (2e-3, 400, short.projector.options)
+    rel.train.steps, rel.train.warmup_steps = 2, 1
+    monkeypatch.setitem(config.PRESETS, "caption-relations", rel)
+    vlmviz("caption-eval", "--preset", "caption-relations", "--n-train", "16", "--n-test", "4", "--lm",
+           str(tiny_lm_dir), "--max-new-tokens", "4", "--out-dir", str(tmp_path / "relations"))
+    recipe = read_config(tmp_path / "relations" / "caption-relations-prefix.safetensors")["recipe"]
+    assert recipe["objects"] == 2 and recipe["lr"] == 2e-3 and recipe["steps"] == 2
+    assert "all5" in (tmp_path / "relations" / "caption_eval.md").read_text()
     proc = vlmviz("caption-eval", "--connector", "pixel_shuffle-2depth", "--encoder", "vit-s14@4", "--lm",
                   str(tiny_lm_dir), check=False)
     assert proc.returncode == 2 and "vit-s14@4+12" in proc.stderr

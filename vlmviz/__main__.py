@@ -324,12 +324,14 @@ def cmd_caption_eval(args):
     if args.preset and (args.connector or args.encoder or args.mode):
         raise ValueError("--preset names the connector, its encoder and mode: drop --connector, --encoder and --mode "
                          "(or drop --preset)")
-    n_train = args.n_train or PRESET_DATA.get(args.preset, {}).get("n_train", 600)
+    data = PRESET_DATA.get(args.preset, {})
+    n_train = args.n_train or data.get("n_train", 600)
+    objects = args.objects or data.get("objects", 1)
     run_caption_eval(connectors=args.connector, modes=args.mode or list(CAPTION_MODES), steps=args.steps,
                      batch_size=args.batch_size, lr=args.lr, n_train=n_train, n_test=args.n_test, lm=args.lm,
                      encoder=args.encoder or "vit-s14", max_new_tokens=args.max_new_tokens, seed=args.seed,
                      out_dir=args.out_dir, threads=args.threads, retrain=args.retrain, warmup=args.warmup,
-                     objects=args.objects, preset=args.preset, swap_weight=args.swap_negatives, log=print)
+                     objects=objects, preset=args.preset, swap_weight=args.swap_negatives, log=print)
 
 
 def cmd_inspect(args):
@@ -513,7 +515,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("caption-eval", help="held-out attribute accuracy of generated captions per connector")
     p.add_argument("--connector", nargs="+", default=None, help="connectors (default: resampler pixel_shuffle "
                    "linear-pooled); see vlmviz.caption.evaluate.CONNECTORS")
-    p.add_argument("--preset", help="a caption preset (caption-stage1, caption-describe): its connector, encoder, "
+    p.add_argument("--preset", help="a caption preset (caption-stage1, caption-describe, caption-relations): its connector, encoder, "
                    "mode and training settings, and its number of training scenes unless --n-train is given")
     p.add_argument("--mode", nargs="+", choices=CAPTION_MODES, help="default: prefix and xattn")
     p.add_argument("--steps", type=int, default=200)
@@ -523,8 +525,9 @@ def main(argv=None) -> int:
     p.add_argument("--n-test", type=int, default=100)
     p.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay (default: a tenth of the "
                    "steps, at most 10)")
-    p.add_argument("--objects", type=int, choices=(1, 2), default=1, help="1: one-object scenes (color, shape, size, "
-                   "position); 2: two-object relation scenes (both colors and shapes and the relation)")
+    p.add_argument("--objects", type=int, choices=(1, 2), help="1: one-object scenes (color, shape, size, "
+                   "position); 2: two-object relation scenes (both colors and shapes and the relation); default 1, "
+                   "or the preset's (caption-relations: 2)")
     p.add_argument("--swap-negatives", type=float, default=0.0, metavar="W", help="two-object scenes: add W x the "
                    "ranking of each caption over its color-swapped twin to the caption loss (default 0: off)")
     p.add_argument("--lm", default="smollm2-135m", help="smollm2-135m or a Hugging Face causal LM folder")

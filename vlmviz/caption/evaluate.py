@@ -10,11 +10,12 @@ a model that ignores the image can at best reach.
 
 With --objects 2 the scenes hold two objects in a relation, every test object a held-out pair, and the scores are
 both colors, both shapes, the relation (captioning.relation_hits) and all five facts at once (all5). A caption
-preset (--preset caption-describe, config.PRESETS) is scored with its own encoder and training settings; its
+preset (--preset caption-describe or caption-relations, config.PRESETS) is scored with its own encoder and training settings; its
 trainer, train_caption_connector, is the one the built-in Describe captioner is made with (caption_builtin.py).
 
     python -m vlmviz caption-eval --steps 200 --threads 1
     python -m vlmviz caption-eval --preset caption-describe --threads 1      # all four right 0.85 (BENCHMARKS.md)
+    python -m vlmviz caption-eval --preset caption-relations --threads 1     # two objects: all five right 0.53
 
 Checkpoints land in out_dir and are reused when their recipe matches (--retrain to train again).
 Shape legend: N images, T selected encoder tokens, D_vis encoder width, M visual tokens, D LM width.
@@ -95,7 +96,8 @@ def _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder, warmu
 
 
 def caption_preset(name: str):
-    """A preset of config.PRESETS that trains with the caption loss (caption-stage1, caption-describe)."""
+    """A preset of config.PRESETS that trains with the caption loss (caption-stage1, caption-describe,
+    caption-relations)."""
     from ..config import preset
 
     cfg = preset(name)

@@ -198,6 +198,23 @@ def test_multidepth_is_one_pixel_shuffle_per_depth_on_the_token_axis():
         build_projector("multidepth", 64, D_TXT, groups=3)
 
 
+def test_multidepth_interleave_orders_the_prefix_by_place():
+    """interleave: the same tokens as the depth-ordered prefix, cell by cell (block 4's then block 12's token of a
+    cell), so the two tokens of one place are neighbours; it needs one scale for every group."""
+    torch.manual_seed(0)
+    by_depth = build_projector("multidepth", 2 * D_VIS, D_TXT, groups=2, scale=2)
+    by_place = build_projector("multidepth", 2 * D_VIS, D_TXT, **by_depth.config()["options"], interleave=True)
+    by_place.load_state_dict(by_depth.state_dict())
+    x = torch.randn(2, 65, 2 * D_VIS)
+    a, b = by_depth(x), by_place(x)  # (2, 16 + 16, D_TXT) each
+    assert b.shape == a.shape == (2, 32, D_TXT) and by_place.num_output_tokens(65) == 32
+    assert torch.equal(b[:, 0::2], a[:, :16]) and torch.equal(b[:, 1::2], a[:, 16:])
+    assert build_projector("multidepth", 2 * D_VIS, D_TXT, **by_place.config()["options"]).interleave
+    assert "interleave" not in by_depth.config()["options"]  # configs saved before it existed still match
+    with pytest.raises(ValueError, match="same scale"):
+        build_projector("multidepth", 2 * D_VIS, D_TXT, groups=2, scale=2, last_scale=4, interleave=True)
+
+
 def test_multidepth_slots_pool_one_object_at_every_depth_into_one_token():
     """slots Q appends Q tokens after the depth groups; each is an attention-weighted sum over the h*w patches of
     BOTH depths (the CLS dropped), plus its slot embedding; positions steer the weights and never enter the values."""

@@ -47,6 +47,8 @@ CONNECTORS = {
     # two encoder depths as separate token groups (projectors/multidepth.py); needs --encoder vit-s14@4+12
     "pixel_shuffle-2depth": ("multidepth", "patch", {"groups": 2, "scale": 4}),  # 16 + 16 tokens
     "pixel_shuffle-2depth-8": ("multidepth", "patch", {"groups": 2, "scale": 4, "last_scale": 8}),  # 16 + 4
+    # 16 + 16 tokens ordered by place: block 4's token of a cell, then block 12's of the same cell
+    "pixel_shuffle-2depth-interleaved": ("multidepth", "patch", {"groups": 2, "scale": 4, "interleave": True}),
     # + 4 object slots (learned queries over every patch, positions on the keys): one token per object, both depths
     "pixel_shuffle-2depth-8-slots": ("multidepth", "patch", {"groups": 2, "scale": 4, "last_scale": 8, "slots": 4}),
 }

@@ -18,6 +18,9 @@ resampler do), pooling the patch features of EVERY depth together, so one slot t
 (block 4) and its shape (block 12) at once; a learned per-slot embedding says which slot it is. Without slots the
 LM has to pair a block-4 color token with the block-12 shape token of the same place by itself, and on held-out
 pairs it swaps them between the two objects (BENCHMARKS.md, relation captions).
+
+`interleave` (every group at the same scale) orders the prefix by place instead of by depth: block 4's token of a
+cell, then block 12's token of the same cell, and so on, so the two tokens the LM has to pair are neighbours.
 Shape legend: B batch, N tokens (h*w, optionally + CLS, dropped), G depths, D = D_vis / G, M_g tokens of group g.
 """
 from __future__ import annotations
@@ -34,18 +37,23 @@ from .base import Projector, grid_side, register, tokens_to_grid
 @register("multidepth")
 class MultiDepthProjector(Projector):
     def __init__(self, in_dim: int, out_dim: int, groups: int = 2, scale: int = 4, last_scale: int | None = None,
-                 slots: int = 0, rank: int = 64, max_tokens: int = 1024):
+                 slots: int = 0, rank: int = 64, max_tokens: int = 1024, interleave: bool = False):
         if in_dim % groups:
             raise ValueError(f"multidepth expects {groups} depths side by side, so D_vis divisible by {groups}; got "
                              f"{in_dim} (read the encoder at {groups} layers, e.g. vit-s14@4+12)")
         options = {"groups": groups, "scale": scale} | ({"last_scale": last_scale} if last_scale else {})
         if slots:  # stated only when used, so checkpoints saved before slots existed keep their config
             options |= {"slots": slots, "rank": rank, "max_tokens": max_tokens}
+        if interleave:
+            if last_scale not in (None, scale):
+                raise ValueError(f"multidepth interleave pairs the groups' tokens place by place, so every group "
+                                 f"needs the same scale; got scale {scale} and last_scale {last_scale}")
+            options |= {"interleave": True}
         super().__init__(in_dim, out_dim, **options)
         self.groups, self.group_dim = groups, in_dim // groups
         self.scales = [scale] * (groups - 1) + [last_scale or scale]
         self.linears = nn.ModuleList(nn.Linear(self.group_dim * s * s, out_dim, bias=False) for s in self.scales)
-        self.slots = int(slots)
+        self.slots, self.interleave = int(slots), bool(interleave)
         if self.slots:
             self.slot_key = nn.Linear(in_dim, rank)
             self.slot_pos = nn.Parameter(torch.zeros(max_tokens, rank))  # (N_max, r), keys only
@@ -72,6 +80,8 @@ class MultiDepthProjector(Projector):
             part = F.pad(part, (0, -w % s, 0, -h % s))  # (B, D, h', w'), multiples of s
             merged = F.pixel_unshuffle(part, s)  # (B, D * s^2, h'/s, w'/s)
             out.append(linear(merged.flatten(2).transpose(1, 2)))  # (B, M_g, D_txt)
+        if self.interleave:  # (B, M, G, D_txt) -> (B, G * M, D_txt): cell 0 of every depth, then cell 1, ...
+            out = [torch.stack(out, dim=2).flatten(1, 2)]
         if self.slots:
             out.append(self._slot_tokens(grid.flatten(2).transpose(1, 2)))  # (B, Q, D_txt)
         return torch.cat(out, dim=1)  # (B, M_1 + ... + M_G [+ Q], D_txt)

@@ -49,6 +49,22 @@ def test_split_holds_out_whole_combinations(objects):
         assert all(s.meta["swapped_role"] != s.meta["canonical"] for s in test)
 
 
+def test_swappable_training_scenes_never_give_the_binding_away():
+    held = held_out_combos(0)
+
+    def swap_is_seen(s):
+        m = s.meta
+        return (m["color"], m["shape2"]) not in held and (m["color2"], m["shape"]) not in held
+
+    plain, plain_test = scene_split(300, 40, seed=0, objects=2)
+    train, test = scene_split(300, 40, seed=0, objects=2, swappable=True)
+    assert 0.3 < sum(map(swap_is_seen, plain)) / len(plain) < 0.7  # by default the pairs often tell the binding
+    assert all(map(swap_is_seen, train))  # here never: the exchanged pairing is always a seen one too
+    assert [s.caption for s in test] == [s.caption for s in plain_test]  # the test scenes are the same
+    with pytest.raises(ValueError, match="objects=2"):
+        scene_split(10, 5, objects=1, swappable=True)
+
+
 def test_digits_captions_match_labels():
     names = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
     for s in load_digits_dataset(30):

@@ -331,7 +331,8 @@ def cmd_caption_eval(args):
                      batch_size=args.batch_size, lr=args.lr, n_train=n_train, n_test=args.n_test, lm=args.lm,
                      encoder=args.encoder or "vit-s14", max_new_tokens=args.max_new_tokens, seed=args.seed,
                      out_dir=args.out_dir, threads=args.threads, retrain=args.retrain, warmup=args.warmup,
-                     objects=objects, preset=args.preset, swap_weight=args.swap_negatives, log=print)
+                     objects=objects, preset=args.preset, swap_weight=args.swap_negatives,
+                     swappable=args.swappable, log=print)
 
 
 def cmd_inspect(args):
@@ -530,6 +531,9 @@ def main(argv=None) -> int:
                    "or the preset's (caption-relations: 2)")
     p.add_argument("--swap-negatives", type=float, default=0.0, metavar="W", help="two-object scenes: add W x the "
                    "ranking of each caption over its color-swapped twin to the caption loss (default 0: off)")
+    p.add_argument("--swappable", action="store_true", help="two-object scenes: train only on scenes whose "
+                   "color-swapped twin names seen (color, shape) pairs too, so the pairs never tell which color goes "
+                   "with which shape (the test scenes are unchanged)")
     p.add_argument("--lm", default="smollm2-135m", help="smollm2-135m or a Hugging Face causal LM folder")
     p.add_argument("--encoder", help="default vit-s14; vit-s14@4 reads block 4, vit-s14@4+12 both depths (the "
                    "pixel_shuffle-2depth connectors need two)")

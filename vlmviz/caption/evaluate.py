@@ -89,12 +89,12 @@ def best_constant(samples: list) -> dict:
 
 
 def _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder, warmup=None, objects=1,
-            swap_weight=0.0) -> dict:
+            swap_weight=0.0, swappable=False) -> dict:
     recipe = {"connector": name, "mode": mode, "steps": steps, "batch_size": batch_size, "lr": lr,
               "n_train": n_train, "seed": seed, "lm": lm_name(lm), "encoder": encoder}
     # only stated when not the default, so checkpoints trained before these options existed are still reused
     return (recipe | ({"warmup": warmup} if warmup is not None else {}) | ({"objects": objects} if objects != 1 else {})
-            | ({"swap_weight": swap_weight} if swap_weight else {}))
+            | ({"swap_weight": swap_weight} if swap_weight else {}) | ({"swappable": True} if swappable else {}))
 
 
 def caption_preset(name: str):
@@ -192,13 +192,14 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
                      encoder: str = "vit-s14", max_new_tokens: int = 20, seed: int = 0,
                      out_dir: str | Path = "artifacts/caption_eval", threads: int | None = None, retrain: bool = False,
                      warmup: int | None = None, objects: int = 1, preset: str | None = None, swap_weight: float = 0.0,
-                     log=print):
+                     swappable: bool = False, log=print):
     """Train (or load) every connector x mode, caption the held-out scenes greedily, score; returns a DataFrame
     and writes caption_eval.csv / .md and examples.jsonl to out_dir. objects 2: two-object relation scenes
     ("a red circle left of a blue square"), every test object a held-out (color, shape) pair. preset: a caption
     preset of config.PRESETS is the one connector, with its encoder, mode and training settings (the other
     arguments still choose the data, decoding and where the checkpoint goes). swap_weight > 0 adds the ranking of
-    each two-object caption over its color-swapped twin to the caption loss (model.CaptionHead)."""
+    each two-object caption over its color-swapped twin to the caption loss (model.CaptionHead). swappable: train
+    on two-object scenes whose color-swapped twin names seen pairs only (data.scenes.scene_split)."""
     import pandas as pd
 
     from ..data import scene_split
@@ -219,7 +220,7 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
         check_encoder(name, encoder, specs[name])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train, test = scene_split(n_train, n_test, seed=seed, objects=objects)
+    train, test = scene_split(n_train, n_test, seed=seed, objects=objects, swappable=swappable)
     enc = load_vision_encoder(encoder)
     cache = FeatureCache()
     log(f"encoding {len(train)} + {len(test)} scenes with {encoder} (cached after the first run)")
@@ -254,7 +255,7 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
             for mode in modes:
                 log(f"== {name} ({family} {options}, {tokens} tokens), {mode}")
                 recipe = _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder, warmup, objects,
-                                 swap_weight)
+                                 swap_weight, swappable)
                 projector, vlm, stats = _train_or_load(out / f"{name}-{mode}.safetensors", recipe, specs[name], x_tr,
                                                        captions, retrain, log)
                 try:

@@ -184,8 +184,10 @@ def _always(shape: str, relation: str) -> bool:
 
 
 def _make(n: int, seed: int, objects: int, image_size: int, combos: list, start: int = 0, counts: bool = False,
-          first_ok=_always, last_ok=_always) -> list[Sample]:
-    """first_ok(shape, relation) / last_ok(shape, relation): may the first / last named object have this shape?"""
+          first_ok=_always, last_ok=_always, swappable: bool = False) -> list[Sample]:
+    """first_ok(shape, relation) / last_ok(shape, relation): may the first / last named object have this shape?
+    swappable (two objects): only pairs a, b whose exchanged pairing (a's color with b's shape and b's with a's) is
+    in combos too, so which color goes with which shape can be told from the picture only, never from the pairs."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -195,6 +197,8 @@ def _make(n: int, seed: int, objects: int, image_size: int, combos: list, start:
             continue
         a = rng.choice(combos)
         others = [cs for cs in combos if cs[0] != a[0] and cs[1] != a[1]]
+        if swappable:
+            others = [cs for cs in others if (a[0], cs[1]) in combos and (cs[0], a[1]) in combos]
         b = rng.choice(others)
         last = b[1] if objects == 2 else None
         relation = rng.choice([r for r in RELATIONS if first_ok(a[1], r) and (last is None or last_ok(last, r))])
@@ -224,8 +228,11 @@ def make_scenes(n: int, seed: int = 0, objects: int = 1, image_size: int = 224, 
 
 
 def scene_split(n_train: int, n_test: int, seed: int = 0, objects: int = 1, image_size: int = 224,
-                holdout: str = "pair", counts: bool = False) -> tuple[list[Sample], list[Sample]]:
+                holdout: str = "pair", counts: bool = False,
+                swappable: bool = False) -> tuple[list[Sample], list[Sample]]:
     """holdout 'pair': train on seen (color, shape) combinations, test only on held-out ones (every object).
+    swappable (objects 2, holdout 'pair'): every training scene's color-swapped twin names seen pairs only, so the
+    binding of colors to shapes is never given away by which pairs exist (test scenes are unchanged).
     holdout 'relation': all color+shape pairs everywhere, but the test scenes' (shape, relation) pairing (a circle
     left of something, in either phrasing) never occurs in training."""
     _check(objects, holdout, counts)
@@ -237,8 +244,10 @@ def scene_split(n_train: int, n_test: int, seed: int = 0, objects: int = 1, imag
         test = _make(n_test, seed + 10_000, objects, image_size, every, start=n_train,
                      first_ok=lambda sh, r: (sh, r) in held)
         return train, test
+    if swappable and objects != 2:
+        raise ValueError("swappable training scenes need objects=2")
     held = held_out_combos(seed)
-    train = _make(n_train, seed, objects, image_size, _combos(held, train=True), counts=counts)
+    train = _make(n_train, seed, objects, image_size, _combos(held, train=True), counts=counts, swappable=swappable)
     test = _make(n_test, seed + 10_000, objects, image_size, _combos(held, train=False), start=n_train,
                  counts=counts)
     return train, test

@@ -19,8 +19,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from vlmviz.data.scenes import RELATIONS, scene_split
-from vlmviz.encoders import load_vision_encoder
-from vlmviz.eval.lens_score import object_mask
+from vlmviz.encoders import load_vision_encoder, select_tokens
+from vlmviz.eval.lens_score import object_mask, on_object
 
 
 def object_cells(sample, grid: int = 16) -> list[np.ndarray]:
@@ -30,16 +30,12 @@ def object_cells(sample, grid: int = 16) -> list[np.ndarray]:
     (ax, ay), (bx, by) = RELATIONS[sample.meta["relation"]]
     yy, xx = np.mgrid[0:H, 0:W] / H
     near_a = (xx - ax) ** 2 + (yy - ay) ** 2 < (xx - bx) ** 2 + (yy - by) ** 2
-    out = []
-    for m in (mask & near_a, mask & ~near_a):
-        cover = m.reshape(grid, H // grid, grid, W // grid).mean((1, 3)).reshape(-1)
-        out.append(np.nonzero(cover >= 0.5)[0])
-    return out
+    return [np.nonzero(on_object(m, grid, grid))[0] for m in (mask & near_a, mask & ~near_a)]
 
 
 def on_object_tokens(encoder, samples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tokens (T, D), colours (T,), shapes (T,)) of every patch token on an object."""
-    tokens = encoder.encode([s.load() for s in samples])[:, -256:]  # (S, 256, D): the CLS token dropped
+    tokens = select_tokens(encoder.encode([s.load() for s in samples]), encoder.has_cls, "patch")  # (S, 256, D)
     X, colors, shapes = [], [], []
     for i, s in enumerate(samples):
         objs = [(s.meta["color"], s.meta["shape"]), (s.meta["color2"], s.meta["shape2"])]

@@ -210,7 +210,7 @@ def _make(n: int, seed: int, objects: int, image_size: int, combos: list, start:
     return out
 
 
-def _check(objects: int, holdout: str, counts: bool) -> None:
+def _check(objects: int, holdout: str, counts: bool, swappable: bool = False) -> None:
     if objects not in (1, 2, 3):
         raise ValueError(f"objects must be 1, 2 or 3, got {objects}")
     if holdout not in ("pair", "relation"):
@@ -219,6 +219,8 @@ def _check(objects: int, holdout: str, counts: bool) -> None:
         raise ValueError("holdout 'relation' needs scenes with 2 or 3 objects")
     if counts and objects != 1:
         raise ValueError("counted scenes have one kind of object: use objects=1 with counts=True")
+    if swappable and (objects != 2 or holdout != "pair"):
+        raise ValueError("swappable training scenes need objects=2 and holdout 'pair'")
 
 
 def make_scenes(n: int, seed: int = 0, objects: int = 1, image_size: int = 224, counts: bool = False) -> list[Sample]:
@@ -235,7 +237,7 @@ def scene_split(n_train: int, n_test: int, seed: int = 0, objects: int = 1, imag
     binding of colors to shapes is never given away by which pairs exist (test scenes are unchanged).
     holdout 'relation': all color+shape pairs everywhere, but the test scenes' (shape, relation) pairing (a circle
     left of something, in either phrasing) never occurs in training."""
-    _check(objects, holdout, counts)
+    _check(objects, holdout, counts, swappable)
     if holdout == "relation":
         every = [(c, s) for c in COLORS for s in SHAPES]
         held = held_out_relations(seed)
@@ -244,8 +246,6 @@ def scene_split(n_train: int, n_test: int, seed: int = 0, objects: int = 1, imag
         test = _make(n_test, seed + 10_000, objects, image_size, every, start=n_train,
                      first_ok=lambda sh, r: (sh, r) in held)
         return train, test
-    if swappable and objects != 2:
-        raise ValueError("swappable training scenes need objects=2")
     held = held_out_combos(seed)
     train = _make(n_train, seed, objects, image_size, _combos(held, train=True), counts=counts, swappable=swappable)
     test = _make(n_test, seed + 10_000, objects, image_size, _combos(held, train=False), start=n_train,

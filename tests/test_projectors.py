@@ -181,6 +181,23 @@ def test_bad_dims_and_counts_are_refused():
     assert build_projector("mlp2x_gelu", 8, 16, hidden_dim=None).options["hidden_dim"] == 16
 
 
+def test_cabstractor_depth_zero_is_the_pool_and_mlp_alone():
+    """A block count may be 0 where the family says so (zero_options); other counts still refuse 0."""
+    proj = build_projector("cabstractor", D_VIS, 16, output_side=3, depth=0).eval()
+    assert len(proj.blocks_before) == len(proj.blocks_after) == 0
+    x = torch.randn(2, 36, D_VIS)
+    assert proj(x).shape == (2, 9, 16)
+    grid = x.reshape(2, 6, 6, D_VIS)
+    # each output token is the MLP of the in_proj of its 2 x 2 cell's mean
+    cell = grid[:, :2, :2].mean((1, 2))
+    hidden = torch.nn.functional.linear(cell, proj.in_proj.weight[:, :, 0, 0], proj.in_proj.bias)
+    assert torch.allclose(proj(x)[:, 0], proj.linear_2(proj.act(proj.linear_1(hidden))), atol=1e-5)
+    with pytest.raises(ValueError, match="depth must be a non-negative integer, got -1"):
+        build_projector("cabstractor", D_VIS, 16, depth=-1)
+    with pytest.raises(ValueError, match="output_side must be a positive integer, got 0"):
+        build_projector("cabstractor", D_VIS, 16, output_side=0)
+
+
 def test_multidepth_is_one_pixel_shuffle_per_depth_on_the_token_axis():
     """Two depths side by side (vit-s14@4+12 gives 2 x 384 per token): each half goes through its own pixel shuffle
     and the groups follow each other in the prefix, block 4's first; last_scale shrinks only the deepest group."""

@@ -109,19 +109,23 @@ def _is_int(value) -> bool:
 def check_options(name: str, cls, options: dict) -> None:
     """Refuse options the family does not take, and values of the wrong kind, naming the option: integer options
     (sizes, counts, layers) must be positive integers, flags booleans. Without this a typo is a TypeError deep
-    inside __init__ and `num_queries=0` builds a connector that outputs nothing."""
+    inside __init__ and `num_queries=0` builds a connector that outputs nothing. A family names the integer
+    options for which 0 means something (a block count: none) in its class attribute `zero_options`."""
     params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items()
               if k not in ("self", "in_dim", "out_dim") and p.kind is p.POSITIONAL_OR_KEYWORD}
     unknown = sorted(set(options) - set(params))
     if unknown:
         raise ValueError(f"{name} has no option {', '.join(map(repr, unknown))}; its options: "
                          f"{', '.join(params) or 'none'}")
+    zero_ok = getattr(cls, "zero_options", ())
     for key, value in options.items():
         kind = str(params[key].annotation)
         if "bool" in kind and not isinstance(value, bool):
             raise ValueError(f"{name} option {key} must be true or false, got {value!r}")
-        if "int" in kind and not (value is None and "None" in kind) and (not _is_int(value) or value <= 0):
-            raise ValueError(f"{name} option {key} must be a positive integer, got {value!r}")
+        least = 0 if key in zero_ok else 1
+        if "int" in kind and not (value is None and "None" in kind) and (not _is_int(value) or value < least):
+            raise ValueError(f"{name} option {key} must be a {'non-negative' if least == 0 else 'positive'} "
+                             f"integer, got {value!r}")
 
 
 def build_projector(name: str, in_dim: int, out_dim: int, **options) -> Projector:

@@ -23,6 +23,8 @@ class ConvBlock(nn.Module):
 
 @register("cabstractor")
 class CAbstractorProjector(Projector):
+    zero_options = ("depth",)  # depth 0: no conv blocks, the pool and the MLP alone
+
     def __init__(self, in_dim: int, out_dim: int, output_side: int = 4, hidden_dim: int = 256,
                  depth: int = 1):
         super().__init__(in_dim, out_dim, output_side=output_side, hidden_dim=hidden_dim, depth=depth)

@@ -198,6 +198,27 @@ def test_cabstractor_depth_zero_is_the_pool_and_mlp_alone():
         build_projector("cabstractor", D_VIS, 16, output_side=0)
 
 
+def test_cabstractor_tokens_per_cell_writes_a_cells_tokens_in_a_row():
+    """tokens_per_cell 2: cell c's MLP output (2 x D_txt) becomes tokens 2c and 2c + 1, in raster order of cells."""
+    torch.manual_seed(0)
+    one = build_projector("cabstractor", D_VIS, 16, output_side=2, depth=1).eval()
+    two = build_projector("cabstractor", D_VIS, 16, output_side=2, depth=1, tokens_per_cell=2).eval()
+    x = torch.randn(3, 16, D_VIS)
+    y = two(x)
+    assert y.shape == (3, 8, 16) and two.num_output_tokens(16) == 8 and one.num_output_tokens(16) == 4
+    wide = two.linear_2.weight.shape[0]
+    assert wide == 32
+    # the same cell features as the one-token path computes, read through the wide layer by hand
+    two_trunk = build_projector("cabstractor", D_VIS, 16, output_side=2, depth=1).eval()
+    two_trunk.load_state_dict({k: v for k, v in two.state_dict().items() if not k.startswith("linear_2")},
+                              strict=False)
+    two_trunk.linear_2 = torch.nn.Identity()
+    hidden = two_trunk(x)  # (3, 4 cells, 16): after linear_1 and the activation
+    by_hand = two.linear_2(hidden)  # (3, 4, 32)
+    assert torch.allclose(y[:, 2], by_hand[:, 1, :16], atol=1e-5)  # cell 1's first token
+    assert torch.allclose(y[:, 3], by_hand[:, 1, 16:], atol=1e-5)  # cell 1's second token
+
+
 def test_multidepth_is_one_pixel_shuffle_per_depth_on_the_token_axis():
     """Two depths side by side (vit-s14@4+12 gives 2 x 384 per token): each half goes through its own pixel shuffle
     and the groups follow each other in the prefix, block 4's first; last_scale shrinks only the deepest group."""

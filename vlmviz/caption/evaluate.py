@@ -45,6 +45,8 @@ CONNECTORS = {
     "cabstractor": ("cabstractor", "patch", {"output_side": 3}),
     # the 3 x 3 average pool alone (no conv blocks), then the MLP: one token per place of a scene's 3 x 3 layout
     "pool3": ("cabstractor", "patch", {"output_side": 3, "depth": 0}),
+    # as pool3, two tokens in a row per place: a frozen LM's copying (after "red", the token after the red one)
+    "pool3-pairs": ("cabstractor", "patch", {"output_side": 3, "depth": 0, "tokens_per_cell": 2}),
     "linear-pooled": ("linear", "cls+mean", {}),
     # two encoder depths as separate token groups (projectors/multidepth.py); needs --encoder vit-s14@4+12
     "pixel_shuffle-2depth": ("multidepth", "patch", {"groups": 2, "scale": 4}),  # 16 + 16 tokens

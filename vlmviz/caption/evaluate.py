@@ -53,6 +53,9 @@ CONNECTORS = {
     "pixel_shuffle-2depth-8": ("multidepth", "patch", {"groups": 2, "scale": 4, "last_scale": 8}),  # 16 + 4
     # 16 + 16 tokens ordered by place: block 4's token of a cell, then block 12's of the same cell
     "pixel_shuffle-2depth-interleaved": ("multidepth", "patch", {"groups": 2, "scale": 4, "interleave": True}),
+    # the same depth twice (--encoder vit-s14@6+6): two tokens in a row per cell from two linear maps, so the frozen
+    # LM can read a place as a phrase and copy the shape token after the color one (pool3-pairs without the pooling)
+    "pixel_shuffle-pairs": ("multidepth", "patch", {"groups": 2, "scale": 4, "interleave": True}),
     # + 4 object slots (learned queries over every patch, positions on the keys): one token per object, both depths
     "pixel_shuffle-2depth-8-slots": ("multidepth", "patch", {"groups": 2, "scale": 4, "last_scale": 8, "slots": 4}),
 }

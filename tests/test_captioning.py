@@ -87,6 +87,38 @@ def test_connector_learns_to_caption_through_frozen_lm(tiny, mode, family):
     lm.cpu()  # the module-scoped LM goes back where the other tests expect it
 
 
+def test_contrastive_decoding_is_vcd_over_the_plausible_tokens(tiny):
+    """generate(contrast=...): the first token is argmax (1 + a) log p(t | image) - a log p(t | contrast) among the
+    tokens within beta of the image's best, computed here by a full forward; alpha 0 and beta 1 are plain greedy."""
+    lm, tokenizer = tiny
+    vlm = VisualLM(lm, tokenizer, "prefix")
+    g = torch.Generator().manual_seed(1)
+    visual, blank = torch.randn(4, 3, 32, generator=g) * 3, torch.randn(1, 3, 32, generator=g) * 3
+    emb = lm.get_input_embeddings()
+
+    def first_logits(v):  # (V,) next-token logits after the prompt with visual tokens v (3, 32)
+        seq = torch.cat([emb(vlm.ids_before), v, emb(vlm.ids_after)])[None]
+        return lm(inputs_embeds=seq).logits[0, -1].float()
+
+    with torch.no_grad():
+        greedy = vlm.generate(visual, max_new_tokens=4)
+        assert vlm.generate(visual, max_new_tokens=4, contrast=blank, alpha=0.0) == greedy
+        assert vlm.generate(visual, max_new_tokens=4, contrast=blank, alpha=3.0, beta=1.0) == greedy
+        said = vlm.generate(visual, max_new_tokens=1, contrast=blank, alpha=3.0, beta=0.05)
+        q = first_logits(blank[0]).log_softmax(-1)
+        expected = []
+        for v in visual:
+            p = first_logits(v).log_softmax(-1)
+            vcd = (4 * p - 3 * q).masked_fill(p < p.max() + torch.log(torch.tensor(0.05)), float("-inf"))
+            expected.append(tokenizer.decode([int(vcd.argmax())], skip_special_tokens=True).strip())
+    assert said == expected
+    assert said != [t.split()[0] if t else "" for t in greedy]  # the contrast changed some first word
+    with pytest.raises(ValueError, match="alpha >= 0 and 0 < beta <= 1"):
+        vlm.generate(visual, contrast=blank, beta=0.0)
+    with pytest.raises(ValueError, match="needs visual tokens and the prefix mode"):
+        vlm.generate(None, contrast=blank)
+
+
 def test_caption_objective_needs_token_level_pooling():
     with pytest.raises(ValueError, match="pooling 'none'"):
         TrainConfig(loss="caption", pooling="mean")

@@ -332,7 +332,7 @@ def cmd_caption_eval(args):
                      encoder=args.encoder or "vit-s14", max_new_tokens=args.max_new_tokens, seed=args.seed,
                      out_dir=args.out_dir, threads=args.threads, retrain=args.retrain, warmup=args.warmup,
                      objects=objects, preset=args.preset, swap_weight=args.swap_negatives,
-                     swappable=args.swappable, log=print)
+                     swappable=args.swappable, contrast=args.contrast, log=print)
 
 
 def cmd_inspect(args):
@@ -534,6 +534,9 @@ def main(argv=None) -> int:
     p.add_argument("--swappable", action="store_true", help="two-object scenes: train only on scenes whose "
                    "color-swapped twin names seen (color, shape) pairs too, so the pairs never tell which color goes "
                    "with which shape (the test scenes are unchanged)")
+    p.add_argument("--contrast", type=float, default=0.0, metavar="ALPHA", help="also decode each trained prefix "
+                   "connector contrastively (VCD: minus ALPHA x what it says of the mean training image), as a row "
+                   "of its own; default 0: off")
     p.add_argument("--lm", default="smollm2-135m", help="smollm2-135m or a Hugging Face causal LM folder")
     p.add_argument("--encoder", help="default vit-s14; vit-s14@4 reads block 4, vit-s14@4+12 both depths (the "
                    "pixel_shuffle-2depth connectors need two)")

@@ -199,18 +199,22 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
                      encoder: str = "vit-s14", max_new_tokens: int = 20, seed: int = 0,
                      out_dir: str | Path = "artifacts/caption_eval", threads: int | None = None, retrain: bool = False,
                      warmup: int | None = None, objects: int = 1, preset: str | None = None, swap_weight: float = 0.0,
-                     swappable: bool = False, log=print):
+                     swappable: bool = False, contrast: float = 0.0, log=print):
     """Train (or load) every connector x mode, caption the held-out scenes greedily, score; returns a DataFrame
     and writes caption_eval.csv / .md and examples.jsonl to out_dir. objects 2: two-object relation scenes
     ("a red circle left of a blue square"), every test object a held-out (color, shape) pair. preset: a caption
     preset of config.PRESETS is the one connector, with its encoder, mode and training settings (the other
     arguments still choose the data, decoding and where the checkpoint goes). swap_weight > 0 adds the ranking of
     each two-object caption over its color-swapped twin to the caption loss (model.CaptionHead). swappable: train
-    on two-object scenes whose color-swapped twin names seen pairs only (data.scenes.scene_split)."""
+    on two-object scenes whose color-swapped twin names seen pairs only (data.scenes.scene_split). contrast alpha > 0
+    adds a row per trained connector decoded contrastively (model.VisualLM.generate, VCD) against the mean
+    training image's tokens, with the same checkpoint: decoding only, training is unchanged."""
     import pandas as pd
 
     from ..data import scene_split
 
+    if not contrast >= 0:  # NaN too
+        raise ValueError(f"contrast (VCD alpha) must be >= 0, got {contrast}")
     if threads:
         torch.set_num_threads(threads)
     specs = dict(CONNECTORS)
@@ -268,8 +272,15 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
                 try:
                     with torch.no_grad():
                         said = vlm.generate(projector(x_te.float()), **gen)
-                    add({"connector": name, "mode": mode, "tokens": projector.num_output_tokens(x_te.shape[1]),
-                         "steps": steps, **stats}, said, held_out_loss(projector, vlm, x_te, truth))
+                    row = {"connector": name, "mode": mode, "tokens": projector.num_output_tokens(x_te.shape[1]),
+                           "steps": steps, **stats}
+                    loss = held_out_loss(projector, vlm, x_te, truth)
+                    add(row, said, loss)
+                    if contrast > 0 and mode == "prefix":
+                        with torch.no_grad():  # what the connector makes of an image with nothing in particular
+                            blank = projector(x_tr.float().mean(0, keepdim=True))  # (1, M, D)
+                            said = vlm.generate(projector(x_te.float()), contrast=blank, alpha=contrast, **gen)
+                        add({**row, "mode": f"prefix, VCD alpha {contrast:g}"}, said, loss)
                 finally:
                     vlm.close()
     finally:

@@ -10,6 +10,8 @@ text-only LM. Shape legend: B images, M visual tokens, L text length, D LM width
 """
 from __future__ import annotations
 
+import math
+
 import re
 import threading
 import weakref
@@ -160,37 +162,53 @@ class VisualLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, visual: torch.Tensor | None, max_new_tokens: int = 24, sample: bool = False,
-                 temperature: float = 0.7, top_p: float = 0.9, seed: int = 0) -> list[str]:
+                 temperature: float = 0.7, top_p: float = 0.9, seed: int = 0, contrast: torch.Tensor | None = None,
+                 alpha: float = 1.0, beta: float = 0.1) -> list[str]:
         """Describe each image, greedily or by nucleus sampling, reusing the LM's KV cache step to step;
-        visual None = the text-only LM. Sampling is reproducible through `seed` (its own generator)."""
+        visual None = the text-only LM. Sampling is reproducible through `seed` (its own generator).
+
+        contrast (visual tokens of an image that says nothing, (1 or B, M, D)): visual contrastive decoding (VCD,
+        Leng et al. CVPR 2024): each next token is scored (1 + alpha) log p(t | image) - alpha log p(t | contrast),
+        among the tokens with p(t | image) >= beta * the most likely one's. What the connector and LM would say of
+        any image (the training captions' prior, e.g. which shape follows "red") is taken out of the choice; the
+        plausibility cut keeps the choice among what this image supports."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if contrast is not None and (visual is None or self.mode != "prefix"):
+            raise ValueError("contrastive decoding needs visual tokens and the prefix mode")
+        if contrast is not None and not (alpha >= 0 and 0 < beta <= 1):
+            raise ValueError(f"contrastive decoding needs alpha >= 0 and 0 < beta <= 1, got {alpha} and {beta}")
         if sample and not (temperature > 0 and 0 < top_p <= 1):
             raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
         visual = None if visual is None else self._check(visual)
         b = 1 if visual is None else len(visual)
+        if contrast is not None:  # one batch of 2B: the images, then the contrast image B times
+            visual = torch.cat([visual, self._check(contrast).expand(b, *visual.shape[1:])], dim=0)
         device = self.ids_before.device
-        past, length = self._before(b)
+        past, length = self._before(len(visual) if visual is not None else 1)
         generator = torch.Generator(device).manual_seed(seed) if sample else None
         self._visual = visual if self.mode == "xattn" else None
         try:
-            step = self._from_image(visual, b)  # (B, P, D), then (B, 1, D) per new token
+            rows = b if contrast is None else 2 * b
+            step = self._from_image(visual, rows)  # (B, P, D), then (B, 1, D) per new token
             done = torch.zeros(b, dtype=torch.bool, device=device)
             out: list[torch.Tensor] = []
             for _ in range(max_new_tokens):
                 length += step.shape[1]
-                result = self.lm(inputs_embeds=step, attention_mask=torch.ones(b, length, dtype=torch.long,
+                result = self.lm(inputs_embeds=step, attention_mask=torch.ones(rows, length, dtype=torch.long,
                                                                                device=device),
                                  past_key_values=past, use_cache=True, logits_to_keep=1)
                 past = result.past_key_values
-                logits = result.logits[:, -1].float()  # (B, V)
+                logits = result.logits[:, -1].float()  # (B or 2B, V)
+                if contrast is not None:
+                    logits = _contrastive(logits[:b], logits[b:], alpha, beta)  # (B, V)
                 token = _nucleus(logits, temperature, top_p, generator) if sample else logits.argmax(-1)
                 token = token.masked_fill(done, self.end)  # finished rows only repeat the end token
                 out.append(token)
                 done |= token == self.end
                 if bool(done.all()):
                     break
-                step = self._embed(token)[:, None]  # (B, 1, D)
+                step = self._embed(token if contrast is None else token.repeat(2))[:, None]  # (rows, 1, D)
         finally:
             self._visual = None
         rows = torch.stack(out, dim=1).tolist()  # (B, new tokens)
@@ -215,6 +233,14 @@ def _hook(vlm_ref, index: int):
         return args, kwargs
 
     return hook
+
+
+def _contrastive(image: torch.Tensor, contrast: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """VCD scores (B, V): (1 + alpha) log p(image) - alpha log p(contrast) where p(image) >= beta * its maximum,
+    -inf elsewhere (so the image's own top token always stays a candidate)."""
+    log_p, log_q = image.log_softmax(-1), contrast.log_softmax(-1)
+    plausible = log_p >= log_p.max(-1, keepdim=True).values + math.log(beta)
+    return ((1 + alpha) * log_p - alpha * log_q).masked_fill(~plausible, float("-inf"))
 
 
 def _nucleus(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:

@@ -4,6 +4,8 @@ The tiny random Llama folder (conftest.tiny_lm_dir) runs every path in seconds, 
 import json
 from types import SimpleNamespace
 
+import pandas as pd
+
 from vlmviz.__main__ import main
 from vlmviz.caption.model import attribute_hits
 from vlmviz.checkpoints import read_config
@@ -157,10 +159,15 @@ def test_caption_eval_relations_and_presets_on_a_tiny_lm(tmp_path, tiny_lm_dir, 
     rel.train.steps, rel.train.warmup_steps = 2, 1
     monkeypatch.setitem(config.PRESETS, "caption-relations", rel)
     vlmviz("caption-eval", "--preset", "caption-relations", "--n-train", "16", "--n-test", "4", "--lm",
-           str(tiny_lm_dir), "--max-new-tokens", "4", "--out-dir", str(tmp_path / "relations"))
+           str(tiny_lm_dir), "--max-new-tokens", "4", "--contrast", "1", "--out-dir", str(tmp_path / "relations"))
     recipe = read_config(tmp_path / "relations" / "caption-relations-prefix.safetensors")["recipe"]
     assert recipe["objects"] == 2 and recipe["lr"] == 2e-3 and recipe["steps"] == 2
+    assert "contrast" not in recipe  # decoding only: the checkpoint is the one trained without it
     assert "all5" in (tmp_path / "relations" / "caption_eval.md").read_text()
+    modes = list(pd.read_csv(tmp_path / "relations" / "caption_eval.csv").tail(2)["mode"])
+    assert modes == ["prefix", "prefix, VCD alpha 1"]  # the same checkpoint decoded both ways, side by side
+    proc = vlmviz("caption-eval", "--preset", "caption-relations", "--contrast", "-1", check=False)
+    assert proc.returncode == 2 and "contrast (VCD alpha) must be >= 0, got -1.0" in proc.stderr
     proc = vlmviz("caption-eval", "--connector", "pixel_shuffle-2depth", "--encoder", "vit-s14@4", "--lm",
                   str(tiny_lm_dir), check=False)
     assert proc.returncode == 2 and "vit-s14@4+12" in proc.stderr

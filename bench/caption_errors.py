@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import re
 
 import torch
 from PIL import ImageOps
 
 from vlmviz.caption.captioner import load_captioner
 from vlmviz.caption.evaluate import score
-from vlmviz.caption.model import _CANONICAL
-from vlmviz.data.scenes import COLORS, RELATIONS, SHAPES, held_out_combos, scene_split
+from vlmviz.caption.model import parse_relation
+from vlmviz.data.scenes import held_out_combos, scene_split
 from vlmviz.encoders import load_vision_encoder, select_tokens
 from vlmviz.features import FeatureCache
 
@@ -31,16 +30,12 @@ from vlmviz.features import FeatureCache
 def color_misses(said: list[str], test: list, held: set) -> collections.Counter:
     kinds = collections.Counter()
     for text, sample in zip(said, test):
-        m, text = sample.meta, text.lower()
-        colors = re.findall(rf"\b({'|'.join(COLORS)})\b", text)
-        shapes = re.findall(rf"\b({'|'.join(SHAPES)})s?\b", text)
-        rel = re.findall(rf"\b({'|'.join(RELATIONS)})\b", text)
-        if len(colors) != 2 or len(shapes) != 2 or len(rel) != 1:
+        parsed = parse_relation(text)
+        if parsed is None:
             kinds["unparsed"] += 1
             continue
-        if _CANONICAL[rel[0]][0]:
-            colors, shapes = colors[::-1], shapes[::-1]
-        truth = [m["color"], m["color2"]]
+        colors, shapes, _ = parsed
+        truth = [sample.meta["color"], sample.meta["color2"]]
         if colors == truth:
             kinds["both colors right"] += 1
         elif colors == truth[::-1]:
@@ -72,7 +67,7 @@ def main():
                  "own patches shuffled": proj(x[:, perm]),
                  "own spatial mean": proj(x.mean(1, keepdim=True).expand_as(x).contiguous()),
                  "own greyscale": proj(x_gray)}
-    print(f"| decoding | color | shape | relation | all5 |\n| --- | --- | --- | --- | --- |")
+    print("| decoding | color | shape | relation | all5 |\n| --- | --- | --- | --- | --- |")
     with torch.no_grad():
         visual = proj(x)
         said = vlm.generate(visual, max_new_tokens=20)

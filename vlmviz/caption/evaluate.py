@@ -53,12 +53,13 @@ CONNECTORS = {
     "pixel_shuffle-2depth-8": ("multidepth", "patch", {"groups": 2, "scale": 4, "last_scale": 8}),  # 16 + 4
     # 16 + 16 tokens ordered by place: block 4's token of a cell, then block 12's of the same cell
     "pixel_shuffle-2depth-interleaved": ("multidepth", "patch", {"groups": 2, "scale": 4, "interleave": True}),
-    # the same depth twice (--encoder vit-s14@6+6): two tokens in a row per cell from two linear maps, so the frozen
-    # LM can read a place as a phrase and copy the shape token after the color one (pool3-pairs without the pooling)
-    "pixel_shuffle-pairs": ("multidepth", "patch", {"groups": 2, "scale": 4, "interleave": True}),
     # + 4 object slots (learned queries over every patch, positions on the keys): one token per object, both depths
     "pixel_shuffle-2depth-8-slots": ("multidepth", "patch", {"groups": 2, "scale": 4, "last_scale": 8, "slots": 4}),
 }
+# pixel_shuffle-2depth-interleaved read at the same depth twice (--encoder vit-s14@6+6): two tokens in a row per cell
+# from two linear maps, so the frozen LM can read a place as a phrase and copy the shape token after the color one
+# (pool3-pairs without the pooling); a name of its own for its checkpoints and rows
+CONNECTORS["pixel_shuffle-pairs"] = CONNECTORS["pixel_shuffle-2depth-interleaved"]
 DEFAULT = ("resampler", "pixel_shuffle", "linear-pooled")
 ATTRS = ("color", "shape", "size", "position")
 RELATION_ATTRS = ("color", "shape", "relation")  # two-object scenes: both objects' color, both shapes, the relation
@@ -271,7 +272,8 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
                                                        captions, retrain, log)
                 try:
                     with torch.no_grad():
-                        said = vlm.generate(projector(x_te.float()), **gen)
+                        visual = projector(x_te.float())
+                        said = vlm.generate(visual, **gen)
                     row = {"connector": name, "mode": mode, "tokens": projector.num_output_tokens(x_te.shape[1]),
                            "steps": steps, **stats}
                     loss = held_out_loss(projector, vlm, x_te, truth)
@@ -279,7 +281,7 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
                     if contrast > 0 and mode == "prefix":
                         with torch.no_grad():  # what the connector makes of an image with nothing in particular
                             blank = projector(x_tr.float().mean(0, keepdim=True))  # (1, M, D)
-                            said = vlm.generate(projector(x_te.float()), contrast=blank, alpha=contrast, **gen)
+                            said = vlm.generate(visual, contrast=blank, alpha=contrast, **gen)
                         add({**row, "mode": f"prefix, VCD alpha {contrast:g}"}, said, loss)
                 finally:
                     vlm.close()

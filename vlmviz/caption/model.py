@@ -11,7 +11,6 @@ text-only LM. Shape legend: B images, M visual tokens, L text length, D LM width
 from __future__ import annotations
 
 import math
-
 import re
 import threading
 import weakref
@@ -182,14 +181,14 @@ class VisualLM(nn.Module):
             raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
         visual = None if visual is None else self._check(visual)
         b = 1 if visual is None else len(visual)
+        rows = b if contrast is None else 2 * b  # LM batch rows
         if contrast is not None:  # one batch of 2B: the images, then the contrast image B times
             visual = torch.cat([visual, self._check(contrast).expand(b, *visual.shape[1:])], dim=0)
         device = self.ids_before.device
-        past, length = self._before(len(visual) if visual is not None else 1)
+        past, length = self._before(rows)
         generator = torch.Generator(device).manual_seed(seed) if sample else None
         self._visual = visual if self.mode == "xattn" else None
         try:
-            rows = b if contrast is None else 2 * b
             step = self._from_image(visual, rows)  # (B, P, D), then (B, 1, D) per new token
             done = torch.zeros(b, dtype=torch.bool, device=device)
             out: list[torch.Tensor] = []
@@ -335,6 +334,20 @@ _CANONICAL = {"left of": (False, "left of"), "right of": (True, "left of"), "abo
               "below": (True, "above")}  # phrasing -> (objects reversed?, canonical relation), as data.scenes
 
 
+def parse_relation(generated: str) -> tuple[list[str], list[str], str] | None:
+    """A two-object caption's two colors, two shapes and canonical relation, the objects in canonical order (the
+    converse phrasing "a blue square right of a red circle" reversed); None unless it names exactly two colors,
+    two shapes and one relation word."""
+    text = generated.lower()
+    colors = re.findall(rf"\b({'|'.join(COLORS)})\b", text)
+    shapes = [s for s, _ in re.findall(rf"\b({'|'.join(SHAPES)})(s?)\b", text)]
+    said = re.findall(rf"\b({'|'.join(RELATIONS)})\b", text)
+    if len(colors) != 2 or len(shapes) != 2 or len(said) != 1:
+        return None
+    reverse, relation = _CANONICAL[said[0]]
+    return (colors[::-1], shapes[::-1], relation) if reverse else (colors, shapes, relation)
+
+
 def relation_hits(generated: str, meta: dict) -> dict[str, bool]:
     """A two-object caption against the scene's canonical facts (meta color, shape, relation, color2, shape2):
     it must name two colors, two shapes and one relation word, in the order "C S REL C2 S2"; the converse phrasing
@@ -342,15 +355,10 @@ def relation_hits(generated: str, meta: dict) -> dict[str, bool]:
     right in their roles; relation: the relation word right with each named object where the true one is (matching
     it by color or by shape: "a purple diamond right of a blue triangle" for a diamond left of a triangle is wrong,
     whatever the colors); all: the whole fact; two_objects: it parsed."""
-    text = generated.lower()
-    colors = re.findall(rf"\b({'|'.join(COLORS)})\b", text)
-    shapes = [s for s, _ in re.findall(rf"\b({'|'.join(SHAPES)})(s?)\b", text)]
-    said = re.findall(rf"\b({'|'.join(RELATIONS)})\b", text)
-    if len(colors) != 2 or len(shapes) != 2 or len(said) != 1:
+    parsed = parse_relation(generated)
+    if parsed is None:
         return {"color": False, "shape": False, "relation": False, "all": False, "two_objects": False}
-    reverse, relation = _CANONICAL[said[0]]
-    if reverse:
-        colors, shapes = colors[::-1], shapes[::-1]
+    colors, shapes, relation = parsed
     hits = {"color": colors == [meta["color"], meta["color2"]], "shape": shapes == [meta["shape"], meta["shape2"]],
             "relation": relation == meta["relation"] and all(
                 c == meta[f"color{k}"] or sh == meta[f"shape{k}"] for c, sh, k in zip(colors, shapes, ("", "2")))}

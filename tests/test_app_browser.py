@@ -32,8 +32,12 @@ def text_of(pg, selector):
 
 
 def wait_text(pg, selector, text):
-    pg.wait_for_function(f"(document.querySelector({selector!r})||{{innerText:''}}).innerText.includes({text!r})",
-                         timeout=LONG)
+    try:
+        pg.wait_for_function(f"(document.querySelector({selector!r})||{{innerText:''}}).innerText.includes({text!r})",
+                             timeout=LONG)
+    except Exception as err:  # say what the element showed instead
+        shown = pg.evaluate(f"(document.querySelector({selector!r})||{{innerText:'(no element)'}}).innerText")
+        raise AssertionError(f"{selector} never showed {text!r}; it shows {shown!r}") from err
 
 
 def set_slider(pg, elem_id, value):

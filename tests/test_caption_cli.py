@@ -168,6 +168,8 @@ def test_caption_eval_relations_and_presets_on_a_tiny_lm(tmp_path, tiny_lm_dir, 
     assert modes == ["prefix", "prefix, VCD alpha 1"]  # the same checkpoint decoded both ways, side by side
     proc = vlmviz("caption-eval", "--preset", "caption-relations", "--contrast", "-1", check=False)
     assert proc.returncode == 2 and "contrast (VCD alpha) must be >= 0, got -1.0" in proc.stderr
+    proc = vlmviz("caption-eval", "--preset", "caption-relations", "--ground-words", "nan", check=False)
+    assert proc.returncode == 2 and "word_weight (--ground-words) must be >= 0, got nan" in proc.stderr
     proc = vlmviz("caption-eval", "--connector", "pixel_shuffle-2depth", "--encoder", "vit-s14@4", "--lm",
                   str(tiny_lm_dir), check=False)
     assert proc.returncode == 2 and "vit-s14@4+12" in proc.stderr

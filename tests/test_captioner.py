@@ -180,3 +180,50 @@ def test_swap_negatives_rank_each_caption_over_its_color_swapped_twin(tiny_lm_di
                                                             batch_size=4, swap_weight=0.5)
     assert result.steps_done == 2 and all(h["loss"] > 0 for h in result.history)
     trained.close()
+
+
+def test_word_grounding_pulls_a_token_to_each_caption_word_and_trains(tiny_lm_dir):
+    """CaptionHead(word_weight=w) adds model.WordGrounding: per image and recurring caption word, the best cosine
+    over the visual tokens to the LM's embedding of that word, scored by binary cross-entropy against whether the
+    caption says the word. Words in most captions ("a") or too rare drop out of the vocabulary; tokens that ARE a
+    caption's words score lower than tokens that are other words; the loss reaches the tokens and trains."""
+    from vlmviz.caption.model import CaptionHead, WordGrounding
+
+    caps = ["a red circle left of a blue square", "a blue star above a red circle",
+            "a green square left of a blue circle", "a red star above a green square"] * 3 + ["a pink heart"]
+    vlm = build_vlm(str(tiny_lm_dir))
+    words = WordGrounding(vlm, caps, min_count=3, max_share=0.9)
+    assert "a" not in words.vocab and "pink" not in words.vocab  # in every caption / once only
+    assert {"red", "blue", "green", "circle", "square", "star", "left", "above"} <= set(words.vocab)
+
+    def tokens_of(*said):  # one visual token per word, exactly the LM's embedding of " word"
+        table = vlm.lm.get_input_embeddings().weight.detach()
+        ids = [vlm.tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in said]
+        return torch.stack([table[i].float().mean(0) for i in ids])[None]  # (1, M, D)
+
+    index = torch.tensor([0])  # "a red circle left of a blue square"
+    with torch.no_grad():
+        right = float(words(tokens_of("red", "circle", "blue", "square", "left"), index))
+        wrong = float(words(tokens_of("green", "star", "green", "star", "above"), index))
+        assert words.similarity(tokens_of("red", "circle"))[0, words.vocab.index("red")] > 0.99
+    assert right < wrong
+    visual = torch.randn(2, 3, vlm.dim, requires_grad=True)
+    words(visual, torch.tensor([0, 1])).backward()
+    assert visual.grad.abs().sum() > 0
+    with torch.no_grad():
+        torch.manual_seed(0)
+        visual = torch.randn(4, 3, vlm.dim)
+        both = CaptionHead(vlm, caps, word_weight=0.5)
+        total = float(both(visual, torch.arange(4)))
+        aux = float(both.words(visual, torch.arange(4)))
+    assert abs(total - float(vlm.caption_loss(visual, caps[:4])) - 0.5 * aux) < 1e-4
+    with pytest.raises(ValueError, match="recur"):
+        WordGrounding(vlm, ["one caption only"])
+    vlm.close()
+    from vlmviz.caption.evaluate import train_caption_connector
+
+    projector, trained, result, _ = train_caption_connector("linear", {}, torch.randn(13, 16, 32), caps,
+                                                            lm=str(tiny_lm_dir), steps=3, batch_size=4,
+                                                            word_weight=1.0)
+    assert result.steps_done == 3 and all(h["loss"] > 0 for h in result.history)
+    trained.close()

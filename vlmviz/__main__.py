@@ -332,7 +332,7 @@ def cmd_caption_eval(args):
                      encoder=args.encoder or "vit-s14", max_new_tokens=args.max_new_tokens, seed=args.seed,
                      out_dir=args.out_dir, threads=args.threads, retrain=args.retrain, warmup=args.warmup,
                      objects=objects, preset=args.preset, swap_weight=args.swap_negatives,
-                     swappable=args.swappable, contrast=args.contrast, log=print)
+                     swappable=args.swappable, contrast=args.contrast, word_weight=args.ground_words, log=print)
 
 
 def cmd_inspect(args):
@@ -534,6 +534,8 @@ def main(argv=None) -> int:
     p.add_argument("--swappable", action="store_true", help="two-object scenes: train only on scenes whose "
                    "color-swapped twin names seen (color, shape) pairs too, so the pairs never tell which color goes "
                    "with which shape (the test scenes are unchanged)")
+    p.add_argument("--ground-words", type=float, default=0.0, metavar="W", help="add W x the word-grounding loss: "
+                   "each caption word near some visual token in the LM's embedding space (default 0: off)")
     p.add_argument("--contrast", type=float, default=0.0, metavar="ALPHA", help="also decode each trained prefix "
                    "connector contrastively (VCD: minus ALPHA x what it says of the mean training image), as a row "
                    "of its own; default 0: off")

@@ -55,6 +55,10 @@ CONNECTORS = {
     "pixel_shuffle-2depth-interleaved": ("multidepth", "patch", {"groups": 2, "scale": 4, "interleave": True}),
     # + 4 object slots (learned queries over every patch, positions on the keys): one token per object, both depths
     "pixel_shuffle-2depth-8-slots": ("multidepth", "patch", {"groups": 2, "scale": 4, "last_scale": 8, "slots": 4}),
+    # the first depth average-pooled per 4 x 4 cell (color without the outline, 16 tokens), the second pixel-shuffled
+    # 8 x 8 (4 tokens): read at vit-s14@2+6 (color from block 2, shape from block 6)
+    "pool-color+shuffle-8": ("multidepth", "patch", {"groups": 2, "scale": 4, "last_scale": 8, "pool_groups": 1}),
+    "pool-color+shuffle": ("multidepth", "patch", {"groups": 2, "scale": 4, "pool_groups": 1}),  # 16 + 16
 }
 # pixel_shuffle-2depth-interleaved read at the same depth twice (--encoder vit-s14@6+6): two tokens in a row per cell
 # from two linear maps, so the frozen LM can read a place as a phrase and copy the shape token after the color one
@@ -97,12 +101,13 @@ def best_constant(samples: list) -> dict:
 
 
 def _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder, warmup=None, objects=1,
-            swap_weight=0.0, swappable=False) -> dict:
+            swap_weight=0.0, swappable=False, word_weight=0.0) -> dict:
     recipe = {"connector": name, "mode": mode, "steps": steps, "batch_size": batch_size, "lr": lr,
               "n_train": n_train, "seed": seed, "lm": lm_name(lm), "encoder": encoder}
     # only stated when not the default, so checkpoints trained before these options existed are still reused
     return (recipe | ({"warmup": warmup} if warmup is not None else {}) | ({"objects": objects} if objects != 1 else {})
-            | ({"swap_weight": swap_weight} if swap_weight else {}) | ({"swappable": True} if swappable else {}))
+            | ({"swap_weight": swap_weight} if swap_weight else {}) | ({"swappable": True} if swappable else {})
+            | ({"word_weight": word_weight} if word_weight else {}))
 
 
 def caption_preset(name: str):
@@ -143,7 +148,8 @@ def check_encoder(name: str, encoder: str, spec: tuple | None = None) -> None:
 
 def train_caption_connector(family: str, options: dict, x_tr: torch.Tensor, captions: list[str], *, mode="prefix",
                             lm: str = "smollm2-135m", steps: int = 200, lr: float = 1e-3, batch_size: int = 8,
-                            warmup: int | None = None, seed: int = 0, swap_weight: float = 0.0, callback=None,
+                            warmup: int | None = None, seed: int = 0, swap_weight: float = 0.0,
+                            word_weight: float = 0.0, callback=None,
                             should_stop=None):
     """Train a fresh connector (and xattn blocks) on tokens x_tr (N, T, D_vis) through the frozen LM's caption loss:
     (projector, vlm, TrainResult, stats). Seeded, so the same arguments give the same weights: caption-eval and the
@@ -155,7 +161,7 @@ def train_caption_connector(family: str, options: dict, x_tr: torch.Tensor, capt
                       warmup_steps=warmup_steps(steps, warmup), eval_every=0, seed=seed, device="cpu")
     cpu = time.process_time()  # CPU seconds of this process (all its threads): a figure the shared machine spares
     try:
-        head = CaptionHead(vlm, captions, swap_weight)
+        head = CaptionHead(vlm, captions, swap_weight, word_weight=word_weight)
         result = train_projector(projector, x_tr, torch.arange(len(x_tr)), cfg, head=head,
                                  callback=callback, should_stop=should_stop)
     except BaseException:
@@ -186,7 +192,7 @@ def _train_or_load(path: Path, recipe: dict, spec: tuple, x_tr, captions, retrai
     projector, vlm, result, stats = train_caption_connector(
         family, options, x_tr, captions, mode=recipe["mode"], lm=recipe["lm"], steps=recipe["steps"], lr=recipe["lr"],
         batch_size=recipe["batch_size"], warmup=recipe.get("warmup"), seed=recipe["seed"],
-        swap_weight=recipe.get("swap_weight", 0.0),
+        swap_weight=recipe.get("swap_weight", 0.0), word_weight=recipe.get("word_weight", 0.0),
         callback=lambda r: r["step"] % every == 0 and log(
             f"  step {r['step']}/{r['steps']} loss {r['loss']:.3f} ({r['elapsed']:.0f} s)"))
     save_captioner(path, projector, vlm, recipe["lm"], encoder=recipe["encoder"], tokens=tokens, text=recipe["lm"],
@@ -200,7 +206,7 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
                      encoder: str = "vit-s14", max_new_tokens: int = 20, seed: int = 0,
                      out_dir: str | Path = "artifacts/caption_eval", threads: int | None = None, retrain: bool = False,
                      warmup: int | None = None, objects: int = 1, preset: str | None = None, swap_weight: float = 0.0,
-                     swappable: bool = False, contrast: float = 0.0, log=print):
+                     swappable: bool = False, contrast: float = 0.0, word_weight: float = 0.0, log=print):
     """Train (or load) every connector x mode, caption the held-out scenes greedily, score; returns a DataFrame
     and writes caption_eval.csv / .md and examples.jsonl to out_dir. objects 2: two-object relation scenes
     ("a red circle left of a blue square"), every test object a held-out (color, shape) pair. preset: a caption
@@ -209,13 +215,17 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
     each two-object caption over its color-swapped twin to the caption loss (model.CaptionHead). swappable: train
     on two-object scenes whose color-swapped twin names seen pairs only (data.scenes.scene_split). contrast alpha > 0
     adds a row per trained connector decoded contrastively (model.VisualLM.generate, VCD) against the mean
-    training image's tokens, with the same checkpoint: decoding only, training is unchanged."""
+    training image's tokens, with the same checkpoint: decoding only, training is unchanged. word_weight > 0 adds
+    the word-grounding loss (model.WordGrounding): each caption word near some visual token, in the LM's embedding
+    space."""
     import pandas as pd
 
     from ..data import scene_split
 
     if not contrast >= 0:  # NaN too
         raise ValueError(f"contrast (VCD alpha) must be >= 0, got {contrast}")
+    if not word_weight >= 0:
+        raise ValueError(f"word_weight (--ground-words) must be >= 0, got {word_weight}")
     if threads:
         torch.set_num_threads(threads)
     specs = dict(CONNECTORS)
@@ -267,7 +277,7 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
             for mode in modes:
                 log(f"== {name} ({family} {options}, {tokens} tokens), {mode}")
                 recipe = _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder, warmup, objects,
-                                 swap_weight, swappable)
+                                 swap_weight, swappable, word_weight)
                 projector, vlm, stats = _train_or_load(out / f"{name}-{mode}.safetensors", recipe, specs[name], x_tr,
                                                        captions, retrain, log)
                 try:

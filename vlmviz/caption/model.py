@@ -14,6 +14,7 @@ import math
 import re
 import threading
 import weakref
+from collections import Counter
 from typing import Sequence
 
 import torch
@@ -262,13 +263,22 @@ class CaptionHead(nn.Module):
     does not tell the two bindings apart (unlikelihood of the wrong binding, as NegCLIP's swapped negatives do for
     contrastive training)."""
 
-    def __init__(self, vlm: VisualLM, captions: Sequence[str], swap_weight: float = 0.0, swap_share: float = 0.5):
+    def __init__(self, vlm: VisualLM, captions: Sequence[str], swap_weight: float = 0.0, swap_share: float = 0.5,
+                 word_weight: float = 0.0):
         super().__init__()
         self.vlm, self.captions, self.kind = vlm, list(captions), "caption"
         self.swap_weight, self.swap_share = float(swap_weight), float(swap_share)
         self.twins = [swap_colors(c) for c in self.captions] if self.swap_weight else []
+        self.word_weight = float(word_weight)
+        self.words = WordGrounding(vlm, self.captions) if self.word_weight else None
 
     def forward(self, visual: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        loss = self._caption(visual, index)
+        if self.words is not None:
+            loss = loss + self.word_weight * self.words(visual, index)
+        return loss
+
+    def _caption(self, visual: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         captions = [self.captions[int(i)] for i in index]
         if not self.swap_weight:
             return self.vlm.caption_loss(visual, captions)
@@ -288,6 +298,50 @@ class CaptionHead(nn.Module):
     @property
     def temperature(self):
         return None
+
+
+class WordGrounding(nn.Module):
+    """Each word of a caption should be the nearest reading of some visual token: the embedding lens as a training
+    signal, from the captions alone (no boxes or masks). The vocabulary is every word of the training captions
+    that occurs at least `min_count` times and in at most `max_share` of them (so "a", "photo", "of" drop out);
+    a word's target is the frozen LM's input embedding of " word" (its sub-word rows averaged). Per image and word,
+    s = max over the M visual tokens of cos(token, word); the loss is the binary cross-entropy of
+    scale * s + bias_word against whether the caption contains the word, summed over words and divided by the
+    number of words present (a learned scale, shared, and a learned bias per word, which absorbs words that no
+    token can show). FILIP's token-wise max similarity (Yao et al. 2022), against the LM's word embeddings.
+
+    It asks the connector to put, for a held-out yellow diamond, a token near "yellow" and one near "diamond",
+    whatever pairs the training captions held; the frozen LM copies words from its context well."""
+
+    def __init__(self, vlm: VisualLM, captions: Sequence[str], min_count: int = 5, max_share: float = 0.5):
+        super().__init__()
+        docs = [set(re.findall(r"[a-z]+", c.lower())) for c in captions]
+        count = Counter(w for d in docs for w in d)
+        self.vocab = sorted(w for w, n in count.items() if n >= min_count and n <= max_share * len(docs))
+        if not self.vocab:
+            raise ValueError("word grounding needs words that recur in the training captions (at least "
+                             f"{min_count} times, in at most {max_share:.0%} of them); these captions have none")
+        table = vlm.lm.get_input_embeddings().weight.detach()
+        rows = [table[vlm.tokenizer(" " + w, add_special_tokens=False)["input_ids"]].float().mean(0) for w in self.vocab]
+        self.register_buffer("targets", F.normalize(torch.stack(rows), dim=-1), persistent=False)  # (V, D)
+        where = {w: j for j, w in enumerate(self.vocab)}
+        present = torch.zeros(len(docs), len(self.vocab))
+        for i, d in enumerate(docs):
+            present[i, [where[w] for w in d if w in where]] = 1.0
+        self.register_buffer("present", present, persistent=False)  # (N, V)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.bias = nn.Parameter(torch.full((len(self.vocab),), -5.0))
+
+    def similarity(self, visual: torch.Tensor) -> torch.Tensor:
+        """(B, V): each word's best cosine over the B images' M tokens."""
+        sim = F.normalize(visual.float(), dim=-1) @ self.targets.to(visual.device).T  # (B, M, V)
+        return sim.max(dim=1).values
+
+    def forward(self, visual: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        logits = self.log_scale.exp() * self.similarity(visual) + self.bias
+        target = self.present.to(visual.device)[index.to(visual.device)]
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+        return bce / target.sum().clamp(min=1.0)
 
 
 def swap_colors(caption: str) -> str | None:

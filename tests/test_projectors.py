@@ -253,6 +253,29 @@ def test_multidepth_interleave_orders_the_prefix_by_place():
         build_projector("multidepth", 2 * D_VIS, D_TXT, groups=2, scale=2, last_scale=4, interleave=True)
 
 
+def test_multidepth_pool_groups_average_a_cell_and_forget_its_arrangement():
+    """pool_groups 1: the first depth's token of a cell is one linear map of the cell's mean patch (no outline);
+    permuting the patches inside a cell leaves it unchanged and changes the shuffled group's token; the last group
+    must stay shuffled."""
+    torch.manual_seed(0)
+    proj = build_projector("multidepth", 2 * D_VIS, D_TXT, groups=2, scale=2, last_scale=4, pool_groups=1)
+    assert proj.num_output_tokens(65) == 16 + 4 and proj.linears[0].in_features == D_VIS
+    assert build_projector("multidepth", 2 * D_VIS, D_TXT, **proj.config()["options"]).pool_groups == 1
+    x = torch.randn(2, 65, 2 * D_VIS)  # CLS + 8 x 8 grid
+    grid = x[:, 1:, :D_VIS].reshape(2, 8, 8, D_VIS)
+    cell = grid[:, :2, :2].mean((1, 2))  # (2, D_VIS): the top-left 2 x 2 cell of the first depth
+    with torch.no_grad():
+        out = proj(x)
+        assert torch.allclose(out[:, 0], proj.linears[0](cell), atol=1e-5)
+        swapped = x.clone()  # the top-left cell's patches 0 and 1 exchanged, at both depths
+        swapped[:, [1, 2]] = x[:, [2, 1]]
+        moved = proj(swapped)
+    assert torch.allclose(moved[:, :16], out[:, :16], atol=1e-5) and not torch.allclose(moved[:, 16], out[:, 16])
+    assert "pool_groups" not in build_projector("multidepth", 2 * D_VIS, D_TXT).config()["options"]
+    with pytest.raises(ValueError, match="pool_groups must be 0 to 1"):
+        build_projector("multidepth", 2 * D_VIS, D_TXT, groups=2, pool_groups=2)
+
+
 def test_multidepth_slots_pool_one_object_at_every_depth_into_one_token():
     """slots Q appends Q tokens after the depth groups; each is an attention-weighted sum over the h*w patches of
     BOTH depths (the CLS dropped), plus its slot embedding; positions steer the weights and never enter the values."""

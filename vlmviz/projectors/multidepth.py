@@ -21,6 +21,12 @@ pairs it swaps them between the two objects (BENCHMARKS.md, relation captions).
 
 `interleave` (every group at the same scale) orders the prefix by place instead of by depth: block 4's token of a
 cell, then block 12's token of the same cell, and so on, so the two tokens the LM has to pair are neighbours.
+`pool_groups` k > 0: the first k groups are average-pooled over each s x s cell instead of pixel-shuffled, then
+mapped by one linear map per patch width (the same token a per-patch map averaged over the cell gives). A shuffled
+cell is one 16-patch vector, and a map learned on seen (color, shape) pairs can read its color through the outline
+("a warm diamond is orange"); a pooled cell keeps the colors of its patches and not their arrangement, so its color
+reading cannot depend on the shape (issue 18, two-object captions).
+
 Shape legend: B batch, N tokens (h*w, optionally + CLS, dropped), G depths, D = D_vis / G, M_g tokens of group g.
 """
 from __future__ import annotations
@@ -37,7 +43,8 @@ from .base import Projector, grid_side, register, tokens_to_grid
 @register("multidepth")
 class MultiDepthProjector(Projector):
     def __init__(self, in_dim: int, out_dim: int, groups: int = 2, scale: int = 4, last_scale: int | None = None,
-                 slots: int = 0, rank: int = 64, max_tokens: int = 1024, interleave: bool = False):
+                 slots: int = 0, rank: int = 64, max_tokens: int = 1024, interleave: bool = False,
+                 pool_groups: int = 0):
         if in_dim % groups:
             raise ValueError(f"multidepth expects {groups} depths side by side, so D_vis divisible by {groups}; got "
                              f"{in_dim} (read the encoder at {groups} layers, e.g. vit-s14@4+12)")
@@ -49,10 +56,17 @@ class MultiDepthProjector(Projector):
                 raise ValueError(f"multidepth interleave pairs the groups' tokens place by place, so every group "
                                  f"needs the same scale; got scale {scale} and last_scale {last_scale}")
             options |= {"interleave": True}
+        if not 0 <= pool_groups < groups:
+            raise ValueError(f"multidepth pool_groups must be 0 to {groups - 1} (the last group keeps its pixel "
+                             f"shuffle), got {pool_groups}")
+        if pool_groups:
+            options |= {"pool_groups": pool_groups}
         super().__init__(in_dim, out_dim, **options)
         self.groups, self.group_dim = groups, in_dim // groups
         self.scales = [scale] * (groups - 1) + [last_scale or scale]
-        self.linears = nn.ModuleList(nn.Linear(self.group_dim * s * s, out_dim, bias=False) for s in self.scales)
+        self.pool_groups = int(pool_groups)
+        self.linears = nn.ModuleList(nn.Linear(self.group_dim * (1 if g < self.pool_groups else s * s), out_dim,
+                                               bias=False) for g, s in enumerate(self.scales))
         self.slots, self.interleave = int(slots), bool(interleave)
         if self.slots:
             self.slot_key = nn.Linear(in_dim, rank)
@@ -78,7 +92,10 @@ class MultiDepthProjector(Projector):
         for g, (s, linear) in enumerate(zip(self.scales, self.linears)):
             part = grid[:, g * self.group_dim:(g + 1) * self.group_dim]  # (B, D, h, w): depth g alone
             part = F.pad(part, (0, -w % s, 0, -h % s))  # (B, D, h', w'), multiples of s
-            merged = F.pixel_unshuffle(part, s)  # (B, D * s^2, h'/s, w'/s)
+            if g < self.pool_groups:  # one map per patch, averaged over the cell: no outline, (B, D, h'/s, w'/s)
+                merged = F.avg_pool2d(part, s)  # (zero padding counts in the mean, as the shuffle's zeros do)
+            else:
+                merged = F.pixel_unshuffle(part, s)  # (B, D * s^2, h'/s, w'/s)
             out.append(linear(merged.flatten(2).transpose(1, 2)))  # (B, M_g, D_txt)
         if self.interleave:  # (B, M, G, D_txt) -> (B, G * M, D_txt): cell 0 of every depth, then cell 1, ...
             out = [torch.stack(out, dim=2).flatten(1, 2)]

@@ -276,6 +276,24 @@ def test_multidepth_pool_groups_average_a_cell_and_forget_its_arrangement():
         build_projector("multidepth", 2 * D_VIS, D_TXT, groups=2, pool_groups=2)
 
 
+def test_multidepth_fuse_adds_a_cells_depth_tokens_into_one():
+    """fuse: one token per cell, the sum of the groups' tokens of that cell (the depth-ordered prefix's two halves
+    added); it needs one scale for every group and no interleave."""
+    torch.manual_seed(0)
+    apart = build_projector("multidepth", 2 * D_VIS, D_TXT, groups=2, scale=2, pool_groups=1)
+    fused = build_projector("multidepth", 2 * D_VIS, D_TXT, **apart.config()["options"], fuse=True)
+    fused.load_state_dict(apart.state_dict())
+    x = torch.randn(2, 65, 2 * D_VIS)
+    with torch.no_grad():
+        a, b = apart(x), fused(x)  # (2, 16 + 16, D_TXT), (2, 16, D_TXT)
+    assert b.shape == (2, 16, D_TXT) and fused.num_output_tokens(65) == 16 and fused.group_tokens(64) == [16]
+    assert torch.allclose(b, a[:, :16] + a[:, 16:], atol=1e-5)
+    assert build_projector("multidepth", 2 * D_VIS, D_TXT, **fused.config()["options"]).fuse
+    assert "fuse" not in apart.config()["options"]
+    with pytest.raises(ValueError, match="same scale"):
+        build_projector("multidepth", 2 * D_VIS, D_TXT, groups=2, scale=2, last_scale=4, fuse=True)
+
+
 def test_multidepth_slots_pool_one_object_at_every_depth_into_one_token():
     """slots Q appends Q tokens after the depth groups; each is an attention-weighted sum over the h*w patches of
     BOTH depths (the CLS dropped), plus its slot embedding; positions steer the weights and never enter the values."""

@@ -59,6 +59,11 @@ CONNECTORS = {
     # 8 x 8 (4 tokens): read at vit-s14@2+6 (color from block 2, shape from block 6)
     "pool-color+shuffle-8": ("multidepth", "patch", {"groups": 2, "scale": 4, "last_scale": 8, "pool_groups": 1}),
     "pool-color+shuffle": ("multidepth", "patch", {"groups": 2, "scale": 4, "pool_groups": 1}),  # 16 + 16
+    # as pool-color+shuffle, ordered by place (a cell's color token, then its shape token): 16 + 16
+    "pool-color+shuffle-interleaved": ("multidepth", "patch", {"groups": 2, "scale": 4, "pool_groups": 1,
+                                                               "interleave": True}),
+    # as pool-color+shuffle, a cell's two tokens added into one: 16 tokens, color and shape bound in each
+    "pool-color+shuffle-fused": ("multidepth", "patch", {"groups": 2, "scale": 4, "pool_groups": 1, "fuse": True}),
 }
 # pixel_shuffle-2depth-interleaved read at the same depth twice (--encoder vit-s14@6+6): two tokens in a row per cell
 # from two linear maps, so the frozen LM can read a place as a phrase and copy the shape token after the color one

@@ -27,6 +27,9 @@ cell is one 16-patch vector, and a map learned on seen (color, shape) pairs can 
 ("a warm diamond is orange"); a pooled cell keeps the colors of its patches and not their arrangement, so its color
 reading cannot depend on the shape (issue 18, two-object captions).
 
+`fuse` (every group at the same scale) adds the groups' tokens of a cell into ONE token (a linear map of the
+cell's depths concatenated), so a place's color and shape arrive bound in one prefix position.
+
 Shape legend: B batch, N tokens (h*w, optionally + CLS, dropped), G depths, D = D_vis / G, M_g tokens of group g.
 """
 from __future__ import annotations
@@ -44,7 +47,7 @@ from .base import Projector, grid_side, register, tokens_to_grid
 class MultiDepthProjector(Projector):
     def __init__(self, in_dim: int, out_dim: int, groups: int = 2, scale: int = 4, last_scale: int | None = None,
                  slots: int = 0, rank: int = 64, max_tokens: int = 1024, interleave: bool = False,
-                 pool_groups: int = 0):
+                 pool_groups: int = 0, fuse: bool = False):
         if in_dim % groups:
             raise ValueError(f"multidepth expects {groups} depths side by side, so D_vis divisible by {groups}; got "
                              f"{in_dim} (read the encoder at {groups} layers, e.g. vit-s14@4+12)")
@@ -61,13 +64,19 @@ class MultiDepthProjector(Projector):
                              f"shuffle), got {pool_groups}")
         if pool_groups:
             options |= {"pool_groups": pool_groups}
+        if fuse:
+            if last_scale not in (None, scale) or interleave:
+                raise ValueError("multidepth fuse adds the groups' tokens of each cell into one token, so every group "
+                                 f"needs the same scale and no interleave; got scale {scale}, last_scale {last_scale}, "
+                                 f"interleave {interleave}")
+            options |= {"fuse": True}
         super().__init__(in_dim, out_dim, **options)
         self.groups, self.group_dim = groups, in_dim // groups
         self.scales = [scale] * (groups - 1) + [last_scale or scale]
         self.pool_groups = int(pool_groups)
         self.linears = nn.ModuleList(nn.Linear(self.group_dim * (1 if g < self.pool_groups else s * s), out_dim,
                                                bias=False) for g, s in enumerate(self.scales))
-        self.slots, self.interleave = int(slots), bool(interleave)
+        self.slots, self.interleave, self.fuse = int(slots), bool(interleave), bool(fuse)
         if self.slots:
             self.slot_key = nn.Linear(in_dim, rank)
             self.slot_pos = nn.Parameter(torch.zeros(max_tokens, rank))  # (N_max, r), keys only
@@ -78,11 +87,15 @@ class MultiDepthProjector(Projector):
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
         side = grid_side(num_input_tokens)
+        if self.fuse:
+            return math.ceil(side / self.scales[0]) ** 2 + self.slots
         return sum(math.ceil(side / s) ** 2 for s in self.scales) + self.slots
 
     def group_tokens(self, num_input_tokens: int) -> list[int]:
         """Visual tokens per depth group, in prefix order (block 4's first for vit-s14@4+12)."""
         side = grid_side(num_input_tokens)
+        if self.fuse:  # one group of fused tokens
+            return [math.ceil(side / self.scales[0]) ** 2]
         return [math.ceil(side / s) ** 2 for s in self.scales]
 
     def forward(self, x):
@@ -97,6 +110,8 @@ class MultiDepthProjector(Projector):
             else:
                 merged = F.pixel_unshuffle(part, s)  # (B, D * s^2, h'/s, w'/s)
             out.append(linear(merged.flatten(2).transpose(1, 2)))  # (B, M_g, D_txt)
+        if self.fuse:  # one token per cell: the sum of every group's token of that cell (B, M, D_txt)
+            out = [torch.stack(out).sum(0)]
         if self.interleave:  # (B, M, G, D_txt) -> (B, G * M, D_txt): cell 0 of every depth, then cell 1, ...
             out = [torch.stack(out, dim=2).flatten(1, 2)]
         if self.slots:

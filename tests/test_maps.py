@@ -107,8 +107,10 @@ def pan_and_hover(pg, page: Path, clock=None):
     pg.wait_for_function("document.getElementById('vv-map') && document.getElementById('vv-map').data && "
                          "document.getElementById('vv-map').data.length == 5", timeout=120_000)
     pg.evaluate("Plotly.relayout('vv-map', {dragmode: 'pan'})")
-    pg.evaluate("window.vvFrames = []; (function tick(t) { window.vvFrames.push(t); "
-                "if (window.vvFrames.length < 100000) requestAnimationFrame(tick); })(performance.now())")
+    # every entry an animation frame's own timestamp (the frame's start): a performance.now() taken mid-frame as the
+    # first entry can be later than the next frame's start, which read as time going backwards (seen once in CI)
+    pg.evaluate("window.vvFrames = []; requestAnimationFrame(function tick(t) { window.vvFrames.push(t); "
+                "if (window.vvFrames.length < 100000) requestAnimationFrame(tick); })")
     box = pg.locator("#vv-map .nsewdrag").first.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     pg.mouse.move(cx, cy)

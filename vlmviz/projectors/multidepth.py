@@ -86,10 +86,7 @@ class MultiDepthProjector(Projector):
         self.attn_weights: torch.Tensor | None = None  # (B, Q, h*w) of the last forward, for plots
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
-        side = grid_side(num_input_tokens)
-        if self.fuse:
-            return math.ceil(side / self.scales[0]) ** 2 + self.slots
-        return sum(math.ceil(side / s) ** 2 for s in self.scales) + self.slots
+        return sum(self.group_tokens(num_input_tokens)) + self.slots
 
     def group_tokens(self, num_input_tokens: int) -> list[int]:
         """Visual tokens per depth group, in prefix order (block 4's first for vit-s14@4+12)."""

@@ -576,9 +576,21 @@ def _connector_spec(connector: str, checkpoints: dict) -> str:
 def build_index(folder, connector, owner, checkpoints, request: gr.Request, progress=gr.Progress()):
     """Index a folder in a thread; the page shows a progress bar and a status line, and Cancel stops it between
     batches with everything so far kept (building again goes on from there)."""
-    keep = gr.update()
     who = owner_of(owner, request)
     cancel = _SEARCH_CANCEL[who] = threading.Event()
+
+    def finished():  # a Cancel after the end finds nothing to stop (and leaves the finished build's line alone)
+        if _SEARCH_CANCEL.get(who) is cancel:
+            del _SEARCH_CANCEL[who]
+
+    try:
+        yield from _index_in_thread(folder, connector, checkpoints, cancel, progress, finished)
+    finally:
+        finished()
+
+
+def _index_in_thread(folder, connector, checkpoints, cancel, progress, finished):
+    keep = gr.update()
     state = eta.Progress("loading the connector")
 
     def on_progress(done, total, what):
@@ -603,6 +615,7 @@ def build_index(folder, connector, owner, checkpoints, request: gr.Request, prog
             progress((state.done, state.total), desc=state.what, unit="images")
             line = state.line()
             yield line[:1].upper() + line[1:], keep
+    finished()
     if "err" in result:
         name = type(result["err"]).__name__
         message = str(result["err"]) if name == "IndexCancelled" else session.report(result["err"], "indexing")
@@ -612,10 +625,10 @@ def build_index(folder, connector, owner, checkpoints, request: gr.Request, prog
     yield f"✅ {search_ui.report_line(report)}.", _index_menu(path)
 
 
-def cancel_index(owner, request: gr.Request):
+def cancel_index(owner, shown, request: gr.Request):
     event = _SEARCH_CANCEL.get(owner_of(owner, request))
-    if event is None:
-        return "Nothing is being indexed."
+    if event is None:  # a build that ended before the click keeps its line
+        return shown if shown and shown[:1] in "✅⏹" else "Nothing is being indexed."
     event.set()
     return "Cancelling after the current batch ..."
 
@@ -1030,7 +1043,7 @@ def build_demo() -> gr.Blocks:
         lib_build.click(build_index, [lib_folder, lib_connector, owner, checkpoints], [lib_status, lib_index],
                         concurrency_limit=2, concurrency_id="index", api_name="build_index",
                         show_progress_on=lib_index)
-        lib_cancel.click(cancel_index, owner, lib_status, queue=False)
+        lib_cancel.click(cancel_index, [owner, lib_status], lib_status, queue=False)
         checkpoints.change(lambda c: gr.update(choices=BUILT_INS + list(c)), checkpoints, lib_connector,
                            api_visibility="private")
         for trigger in (lib_go.click, lib_query.submit):

@@ -442,9 +442,23 @@ def test_search_tab_builds_an_index_finds_photos_and_opens_one_in_inspect(page, 
     assert_page_intact(pg)
 
 
-def test_search_tab_cancel_keeps_what_was_indexed_and_bad_input_gets_one_message(page, artifacts, tmp_path):
+def test_search_tab_cancel_keeps_what_was_indexed_and_bad_input_gets_one_message(page, artifacts, tmp_path,
+                                                                                  monkeypatch):
+    import app as vlmviz_app
     from shapes_folder import make_shape_folder
 
+    real_build = vlmviz_app.search_ui.build
+
+    def held_build(folder, connector, progress=None, cancel=None):
+        """The real build, held after each batch until Cancel is pressed (a minute at most): on a fast machine
+        240 small images are indexed before a person's click would land, and then there is nothing to cancel."""
+        def held(done, total, what):
+            progress(done, total, what)
+            if what == "embedding images":
+                cancel.wait(60)
+        return real_build(folder, connector, held, cancel)
+
+    monkeypatch.setattr(vlmviz_app.search_ui, "build", held_build)
     pg = page
     lib = make_shape_folder(tmp_path / "shapes", 240, size=64)
     pg.get_by_role("tab", name="Search").click()
@@ -460,7 +474,11 @@ def test_search_tab_cancel_keeps_what_was_indexed_and_bad_input_gets_one_message
     assert not covered
     pg.locator("#lib-cancel").click()
     wait_text(pg, "#lib-status", "⏹")
-    assert "cancelled after" in text_of(pg, "#lib-status")
+    assert "cancelled after 16 of 240 images" in text_of(pg, "#lib-status")
+    monkeypatch.setattr(vlmviz_app.search_ui, "build", real_build)
+    pg.locator("#lib-cancel").click()  # nothing runs now: the cancelled build's line stays
+    pg.wait_for_timeout(500)
+    assert "cancelled after 16 of 240 images" in text_of(pg, "#lib-status")
     pg.locator("#lib-build").click()  # building again goes on from where the cancel stopped
     wait_text(pg, "#lib-status", "✅")
     status = text_of(pg, "#lib-status")

@@ -142,6 +142,12 @@ def test_caption_eval_relations_and_presets_on_a_tiny_lm(tmp_path, tiny_lm_dir, 
     for col in ("color", "shape", "relation", "all5", "two_objects"):
         assert table[col].between(0, 1).all(), col
     assert read_config(tmp_path / "rel" / "pixel_shuffle-2depth-8-prefix.safetensors")["recipe"]["objects"] == 2
+    # echo: the connector first trained alone to make its first tokens the statement's words, then with the LM
+    table = run_caption_eval(connectors=["resampler"], modes=["prefix"], encoder="vit-s14@4+12", objects=2, warmup=1,
+                             echo_steps=3, echo_weight=1.0, out_dir=tmp_path / "echo", **kw)
+    assert 0 <= table.iloc[-1].echo_read <= 1 and table.iloc[-1].tokens == 8
+    recipe = read_config(tmp_path / "echo" / "resampler-prefix.safetensors")["recipe"]
+    assert (recipe["echo_steps"], recipe["echo_weight"]) == (3, 1.0)
     # a preset is the one connector, with its encoder and training settings (here the real one, made 3 steps long)
     real = config.PRESETS["caption-describe"]
     assert real.encoder.name == "vit-s14@4+12" and real.projector.family == "multidepth"
@@ -170,6 +176,8 @@ def test_caption_eval_relations_and_presets_on_a_tiny_lm(tmp_path, tiny_lm_dir, 
     assert proc.returncode == 2 and "contrast (VCD alpha) must be >= 0, got -1.0" in proc.stderr
     proc = vlmviz("caption-eval", "--preset", "caption-relations", "--ground-words", "nan", check=False)
     assert proc.returncode == 2 and "word_weight (--ground-words) must be >= 0, got nan" in proc.stderr
+    proc = vlmviz("caption-eval", "--preset", "caption-relations", "--echo-steps", "-3", check=False)
+    assert proc.returncode == 2 and "echo weight and steps must be >= 0" in proc.stderr
     proc = vlmviz("caption-eval", "--connector", "pixel_shuffle-2depth", "--encoder", "vit-s14@4", "--lm",
                   str(tiny_lm_dir), check=False)
     assert proc.returncode == 2 and "vit-s14@4+12" in proc.stderr

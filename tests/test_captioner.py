@@ -227,3 +227,50 @@ def test_word_grounding_pulls_a_token_to_each_caption_word_and_trains(tiny_lm_di
                                                             word_weight=1.0)
     assert result.steps_done == 3 and all(h["loss"] > 0 for h in result.history)
     trained.close()
+
+
+def test_echo_makes_the_first_tokens_the_statement_words_then_trains_without_the_lm(tiny_lm_dir):
+    """model.EchoWords: visual token k should be the LM's embedding of the k-th content word of the image's
+    statement (its facts in one fixed order). Tokens that ARE those words cost nothing, the same words in another
+    order cost more, all-zero tokens cost about 1; CaptionHead(echo=, echo_weight=w) adds exactly w x it; and
+    train_caption_connector(echo_steps=S) trains the connector alone first until its slots read the words."""
+    from vlmviz.caption.evaluate import train_caption_connector
+    from vlmviz.caption.model import CaptionHead, EchoWords, content_words, word_vectors
+
+    statements = ["a red circle left of a blue square", "a blue star above a red circle",
+                  "a green square left of a blue circle", "a red star above a green square"]
+    assert content_words("a photo of a red circle left of an orange square") == ["red", "circle", "left", "orange",
+                                                                                 "square"]
+    vlm = build_vlm(str(tiny_lm_dir))
+    echo = EchoWords(vlm, statements)
+    assert echo.slots == 5
+    right = word_vectors(vlm, content_words(statements[0]))[None]  # (1, 5, D)
+    index = torch.tensor([0])
+    with torch.no_grad():
+        assert float(echo(right, index)) < 1e-6
+        assert float(echo(right[:, [1, 0, 2, 4, 3]], index)) > 0.05
+        assert 0.5 < float(echo(torch.zeros_like(right), index)) < 2.0
+        assert echo.read(right) == [content_words(statements[0])]
+        torch.manual_seed(0)
+        visual = torch.randn(4, 6, vlm.dim) * 0.1
+        head = CaptionHead(vlm, statements, echo=echo, echo_weight=0.5)
+        total = float(head(visual, torch.arange(4)))
+        assert abs(total - float(vlm.caption_loss(visual, statements)) - 0.5 * float(echo(visual, torch.arange(4)))) \
+            < 1e-4
+    with pytest.raises(ValueError, match="at least 5 visual tokens"):
+        echo(right[:, :3], index)
+    vlm.close()
+    # tokens that say their words plainly (token k one-hot on the id of word k): the echo phase alone maps them onto
+    # the LM's word embeddings, no caption step needed for the slots to read right
+    vocab = sorted({w for s in statements for w in content_words(s)})
+    x = torch.zeros(len(statements), 5, 16)
+    for i, s in enumerate(statements):
+        for k, w in enumerate(content_words(s)):
+            x[i, k, vocab.index(w)] = 1.0
+    projector, trained, _, stats = train_caption_connector("linear", {}, x, statements, lm=str(tiny_lm_dir), steps=1,
+                                                           lr=3e-2, echo_steps=300, echo_batch=4)
+    with torch.no_grad():
+        said = EchoWords(trained, statements).read(projector(x))
+    trained.close()
+    assert said == [content_words(s) for s in statements]
+    assert stats["train_cpu_s"] > 0

@@ -332,7 +332,8 @@ def cmd_caption_eval(args):
                      encoder=args.encoder or "vit-s14", max_new_tokens=args.max_new_tokens, seed=args.seed,
                      out_dir=args.out_dir, threads=args.threads, retrain=args.retrain, warmup=args.warmup,
                      objects=objects, preset=args.preset, swap_weight=args.swap_negatives,
-                     swappable=args.swappable, contrast=args.contrast, word_weight=args.ground_words, log=print)
+                     swappable=args.swappable, contrast=args.contrast, word_weight=args.ground_words,
+                     echo_weight=args.echo, echo_steps=args.echo_steps, log=print)
 
 
 def cmd_inspect(args):
@@ -536,6 +537,11 @@ def main(argv=None) -> int:
                    "with which shape (the test scenes are unchanged)")
     p.add_argument("--ground-words", type=float, default=0.0, metavar="W", help="add W x the word-grounding loss: "
                    "each caption word near some visual token in the LM's embedding space (default 0: off)")
+    p.add_argument("--echo-steps", type=int, default=0, metavar="S", help="first train the connector alone for S "
+                   "steps (no LM) to make its first visual tokens the content words of each scene's statement, in "
+                   "one fixed order ('red circle left blue square'); default 0: off")
+    p.add_argument("--echo", type=float, default=0.0, metavar="W", help="keep W x that echo loss beside the caption "
+                   "loss (default 0: off)")
     p.add_argument("--contrast", type=float, default=0.0, metavar="ALPHA", help="also decode each trained prefix "
                    "connector contrastively (VCD: minus ALPHA x what it says of the mean training image), as a row "
                    "of its own; default 0: off")

@@ -31,7 +31,7 @@ import torch
 
 from .train import held_out_loss
 from .captioner import build_vlm, lm_name, load_captioner, save_captioner
-from .model import CaptionHead, attribute_hits, names_one_object, relation_hits
+from .model import CaptionHead, EchoWords, attribute_hits, content_words, names_one_object, relation_hits
 from ..config import CaptionConfig, TrainConfig
 from ..encoders import load_vision_encoder, select_tokens, token_dim
 from ..features import FeatureCache
@@ -106,13 +106,14 @@ def best_constant(samples: list) -> dict:
 
 
 def _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder, warmup=None, objects=1,
-            swap_weight=0.0, swappable=False, word_weight=0.0) -> dict:
+            swap_weight=0.0, swappable=False, word_weight=0.0, echo_weight=0.0, echo_steps=0) -> dict:
     recipe = {"connector": name, "mode": mode, "steps": steps, "batch_size": batch_size, "lr": lr,
               "n_train": n_train, "seed": seed, "lm": lm_name(lm), "encoder": encoder}
     # only stated when not the default, so checkpoints trained before these options existed are still reused
     return (recipe | ({"warmup": warmup} if warmup is not None else {}) | ({"objects": objects} if objects != 1 else {})
             | ({"swap_weight": swap_weight} if swap_weight else {}) | ({"swappable": True} if swappable else {})
-            | ({"word_weight": word_weight} if word_weight else {}))
+            | ({"word_weight": word_weight} if word_weight else {})
+            | ({"echo_weight": echo_weight} if echo_weight else {}) | ({"echo_steps": echo_steps} if echo_steps else {}))
 
 
 def caption_preset(name: str):
@@ -154,11 +155,17 @@ def check_encoder(name: str, encoder: str, spec: tuple | None = None) -> None:
 def train_caption_connector(family: str, options: dict, x_tr: torch.Tensor, captions: list[str], *, mode="prefix",
                             lm: str = "smollm2-135m", steps: int = 200, lr: float = 1e-3, batch_size: int = 8,
                             warmup: int | None = None, seed: int = 0, swap_weight: float = 0.0,
-                            word_weight: float = 0.0, callback=None,
+                            word_weight: float = 0.0, statements: list[str] | None = None,
+                            echo_weight: float = 0.0, echo_steps: int = 0, echo_batch: int = 32, callback=None,
                             should_stop=None):
     """Train a fresh connector (and xattn blocks) on tokens x_tr (N, T, D_vis) through the frozen LM's caption loss:
     (projector, vlm, TrainResult, stats). Seeded, so the same arguments give the same weights: caption-eval and the
-    built-in Describe captioner (caption_builtin.py) both train here."""
+    built-in Describe captioner (caption_builtin.py) both train here.
+
+    echo_steps > 0 first trains the connector alone (no LM forward, batches of echo_batch) to make its first visual
+    tokens the content words of each image's statement (model.EchoWords; statements, one per image, default the
+    captions); echo_weight > 0 keeps that term beside the caption loss afterwards. Both phases count in the CPU
+    seconds."""
     vlm = build_vlm(lm, CaptionConfig(mode))
     torch.manual_seed(seed)
     projector = build_projector(family, x_tr.shape[-1], vlm.dim, **options)
@@ -166,7 +173,13 @@ def train_caption_connector(family: str, options: dict, x_tr: torch.Tensor, capt
                       warmup_steps=warmup_steps(steps, warmup), eval_every=0, seed=seed, device="cpu")
     cpu = time.process_time()  # CPU seconds of this process (all its threads): a figure the shared machine spares
     try:
-        head = CaptionHead(vlm, captions, swap_weight, word_weight=word_weight)
+        echo = EchoWords(vlm, statements or captions) if (echo_steps or echo_weight) else None
+        if echo_steps:
+            first = TrainConfig(loss="caption", pooling="none", steps=echo_steps, lr=lr, batch_size=echo_batch,
+                                warmup_steps=warmup_steps(echo_steps), eval_every=0, seed=seed, device="cpu")
+            train_projector(projector, x_tr, torch.arange(len(x_tr)), first, head=echo, callback=callback,
+                            should_stop=should_stop)
+        head = CaptionHead(vlm, captions, swap_weight, word_weight=word_weight, echo=echo, echo_weight=echo_weight)
         result = train_projector(projector, x_tr, torch.arange(len(x_tr)), cfg, head=head,
                                  callback=callback, should_stop=should_stop)
     except BaseException:
@@ -181,7 +194,7 @@ def train_caption_connector(family: str, options: dict, x_tr: torch.Tensor, capt
     return projector.eval(), vlm, result, stats
 
 
-def _train_or_load(path: Path, recipe: dict, spec: tuple, x_tr, captions, retrain: bool, log):
+def _train_or_load(path: Path, recipe: dict, spec: tuple, x_tr, captions, retrain: bool, log, statements=None):
     """(projector, vlm, stats): a matching checkpoint is loaded, anything else trained and saved."""
     family, tokens, options = spec
     if path.exists() and not retrain:
@@ -198,6 +211,7 @@ def _train_or_load(path: Path, recipe: dict, spec: tuple, x_tr, captions, retrai
         family, options, x_tr, captions, mode=recipe["mode"], lm=recipe["lm"], steps=recipe["steps"], lr=recipe["lr"],
         batch_size=recipe["batch_size"], warmup=recipe.get("warmup"), seed=recipe["seed"],
         swap_weight=recipe.get("swap_weight", 0.0), word_weight=recipe.get("word_weight", 0.0),
+        statements=statements, echo_weight=recipe.get("echo_weight", 0.0), echo_steps=recipe.get("echo_steps", 0),
         callback=lambda r: r["step"] % every == 0 and log(
             f"  step {r['step']}/{r['steps']} loss {r['loss']:.3f} ({r['elapsed']:.0f} s)"))
     save_captioner(path, projector, vlm, recipe["lm"], encoder=recipe["encoder"], tokens=tokens, text=recipe["lm"],
@@ -211,7 +225,8 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
                      encoder: str = "vit-s14", max_new_tokens: int = 20, seed: int = 0,
                      out_dir: str | Path = "artifacts/caption_eval", threads: int | None = None, retrain: bool = False,
                      warmup: int | None = None, objects: int = 1, preset: str | None = None, swap_weight: float = 0.0,
-                     swappable: bool = False, contrast: float = 0.0, word_weight: float = 0.0, log=print):
+                     swappable: bool = False, contrast: float = 0.0, word_weight: float = 0.0,
+                     echo_weight: float = 0.0, echo_steps: int = 0, log=print):
     """Train (or load) every connector x mode, caption the held-out scenes greedily, score; returns a DataFrame
     and writes caption_eval.csv / .md and examples.jsonl to out_dir. objects 2: two-object relation scenes
     ("a red circle left of a blue square"), every test object a held-out (color, shape) pair. preset: a caption
@@ -222,7 +237,10 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
     adds a row per trained connector decoded contrastively (model.VisualLM.generate, VCD) against the mean
     training image's tokens, with the same checkpoint: decoding only, training is unchanged. word_weight > 0 adds
     the word-grounding loss (model.WordGrounding): each caption word near some visual token, in the LM's embedding
-    space."""
+    space. echo_steps > 0 trains the connector first, with no LM, to make its first visual tokens the content words
+    of each scene's canonical statement (model.EchoWords), and echo_weight > 0 keeps that term beside the caption
+    loss; the row then also reports `echo_read`, the share of held-out scenes whose echo slots read exactly their
+    statement's words (nearest statement word per slot, before the LM)."""
     import pandas as pd
 
     from ..data import scene_split
@@ -231,6 +249,8 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
         raise ValueError(f"contrast (VCD alpha) must be >= 0, got {contrast}")
     if not word_weight >= 0:
         raise ValueError(f"word_weight (--ground-words) must be >= 0, got {word_weight}")
+    if not echo_weight >= 0 or echo_steps < 0:
+        raise ValueError(f"echo weight and steps must be >= 0, got {echo_weight} and {echo_steps}")
     if threads:
         torch.set_num_threads(threads)
     specs = dict(CONNECTORS)
@@ -254,6 +274,7 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
     raw_tr = cache.tokens(enc, [s.load() for s in train])  # (N, T, D_vis)
     raw_te = cache.tokens(enc, [s.load() for s in test])
     captions, truth = [s.caption for s in train], [s.caption for s in test]
+    statements = [s.meta.get("canonical", s.caption) for s in train]  # facts in one order, for echo
     gen = {"max_new_tokens": max_new_tokens}
     rows, examples = [], []
 
@@ -282,15 +303,20 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
             for mode in modes:
                 log(f"== {name} ({family} {options}, {tokens} tokens), {mode}")
                 recipe = _recipe(name, mode, steps, batch_size, lr, n_train, seed, lm, encoder, warmup, objects,
-                                 swap_weight, swappable, word_weight)
+                                 swap_weight, swappable, word_weight, echo_weight, echo_steps)
                 projector, vlm, stats = _train_or_load(out / f"{name}-{mode}.safetensors", recipe, specs[name], x_tr,
-                                                       captions, retrain, log)
+                                                       captions, retrain, log, statements)
                 try:
                     with torch.no_grad():
                         visual = projector(x_te.float())
                         said = vlm.generate(visual, **gen)
                     row = {"connector": name, "mode": mode, "tokens": projector.num_output_tokens(x_te.shape[1]),
                            "steps": steps, **stats}
+                    if echo_steps or echo_weight:
+                        said_te = [s.meta.get("canonical", s.caption) for s in test]
+                        reader = EchoWords(vlm, statements + said_te)
+                        row["echo_read"] = sum(r[:len(w)] == w for r, w in zip(
+                            reader.read(visual), map(content_words, said_te))) / len(test)
                     loss = held_out_loss(projector, vlm, x_te, truth)
                     add(row, said, loss)
                     if contrast > 0 and mode == "prefix":

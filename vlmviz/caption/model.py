@@ -264,8 +264,9 @@ class CaptionHead(nn.Module):
     contrastive training)."""
 
     def __init__(self, vlm: VisualLM, captions: Sequence[str], swap_weight: float = 0.0, swap_share: float = 0.5,
-                 word_weight: float = 0.0):
+                 word_weight: float = 0.0, echo: "EchoWords | None" = None, echo_weight: float = 0.0):
         super().__init__()
+        self.echo, self.echo_weight = (echo, float(echo_weight)) if echo_weight else (None, 0.0)
         self.vlm, self.captions, self.kind = vlm, list(captions), "caption"
         self.swap_weight, self.swap_share = float(swap_weight), float(swap_share)
         self.twins = [swap_colors(c) for c in self.captions] if self.swap_weight else []
@@ -276,6 +277,8 @@ class CaptionHead(nn.Module):
         loss = self._caption(visual, index)
         if self.words is not None:
             loss = loss + self.word_weight * self.words(visual, index)
+        if self.echo is not None:
+            loss = loss + self.echo_weight * self.echo(visual, index)
         return loss
 
     def _caption(self, visual: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -342,6 +345,74 @@ class WordGrounding(nn.Module):
         target = self.present.to(visual.device)[index.to(visual.device)]
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
         return bce / target.sum().clamp(min=1.0)
+
+
+STOP_WORDS = frozenset({"a", "an", "the", "of", "photo", "there", "is"})
+
+
+def content_words(statement: str) -> list[str]:
+    """The words of a statement that carry its facts, in order: 'a red circle left of a blue square' ->
+    [red, circle, left, blue, square]."""
+    return [w for w in re.findall(r"[a-z]+", statement.lower()) if w not in STOP_WORDS]
+
+
+def word_vectors(vlm: VisualLM, words: Sequence[str]) -> torch.Tensor:
+    """(len(words), D): the frozen LM's input embedding of " word" (its sub-word rows averaged)."""
+    table = vlm.lm.get_input_embeddings().weight.detach()
+    return torch.stack([table[vlm.tokenizer(" " + w, add_special_tokens=False)["input_ids"]].float().mean(0)
+                        for w in words])
+
+
+class EchoWords(nn.Module):
+    """Visual token k should BE the k-th content word of the image's statement: the squared distance of the first K
+    visual tokens to the frozen LM's input embeddings of those words, over their mean squared norm (so 1 is as far
+    as zero is). The LM then reads the image as the words it would copy, and copying from context is what a frozen
+    LM does best; the caption loss only has to teach it to phrase them.
+
+    statements: one per training image, its facts in one fixed order ("a red circle left of a blue square" for
+    either phrasing: the scenes' canonical caption), so slot k means the same thing in every image. No LM forward:
+    thousands of steps cost what a few hundred caption steps do, so it also runs alone, before the caption loss
+    (train_caption_connector's echo_steps)."""
+
+    kind = "caption"
+    temperature = None
+
+    def __init__(self, vlm: VisualLM, statements: Sequence[str]):
+        super().__init__()
+        words = [content_words(s) for s in statements]
+        if not any(words):
+            raise ValueError("echo needs statements with content words (e.g. 'a red circle left of a blue square')")
+        self.slots = max(map(len, words))
+        vocab = sorted({w for ws in words for w in ws})
+        vectors = word_vectors(vlm, vocab)  # (V, D)
+        where = {w: j for j, w in enumerate(vocab)}
+        ids = torch.zeros(len(words), self.slots, dtype=torch.long)
+        mask = torch.zeros(len(words), self.slots)
+        for i, ws in enumerate(words):
+            ids[i, :len(ws)] = torch.tensor([where[w] for w in ws], dtype=torch.long)
+            mask[i, :len(ws)] = 1.0
+        self.vocab = vocab
+        self.register_buffer("vectors", vectors, persistent=False)
+        self.register_buffer("ids", ids, persistent=False)  # (N, K)
+        self.register_buffer("mask", mask, persistent=False)  # (N, K)
+        self.scale = float(vectors.pow(2).sum(-1).mean())
+
+    def forward(self, visual: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if visual.shape[1] < self.slots:
+            raise ValueError(f"echo needs at least {self.slots} visual tokens (one per content word), the connector "
+                             f"gives {visual.shape[1]}")
+        index = index.to(self.ids.device)
+        target = self.vectors[self.ids[index]].to(visual.device)  # (B, K, D)
+        mask = self.mask[index].to(visual.device)
+        err = (visual[:, :self.slots].float() - target).pow(2).sum(-1) / self.scale  # (B, K)
+        return (err * mask).sum() / mask.sum().clamp(min=1.0)
+
+    @torch.no_grad()
+    def read(self, visual: torch.Tensor) -> list[list[str]]:
+        """The nearest statement word of each echo slot, per image: what the slots say, before any LM reads them."""
+        dist = torch.cdist(visual[:, :self.slots].float(), self.vectors.to(visual.device)[None].expand(
+            len(visual), -1, -1))
+        return [[self.vocab[j] for j in row] for row in dist.argmin(-1).tolist()]
 
 
 def swap_colors(caption: str) -> str | None:

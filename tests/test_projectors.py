@@ -316,3 +316,24 @@ def test_multidepth_slots_pool_one_object_at_every_depth_into_one_token():
         proj(x)
         assert not torch.allclose(proj.attn_weights, weights)
     assert "slots" not in build_projector("multidepth", 2 * D_VIS, D_TXT).config()["options"]  # old configs match
+
+
+def test_resampler_pool_averages_each_block_of_the_patch_grid_before_its_keys():
+    """resampler(pool=2): a 4 x 4 grid becomes 2 x 2 block means, so moving a patch inside its 2 x 2 block changes
+    nothing and moving it to another block does; a grid the pool does not divide is refused."""
+    torch.manual_seed(0)
+    proj = build_projector("resampler", 8, 16, num_queries=3, num_heads=4, pool=2).eval()
+    x = torch.randn(2, 16, 8)
+    grid = torch.arange(16).reshape(4, 4)
+    inside = grid.clone()
+    inside[0, 0], inside[1, 1] = grid[1, 1], grid[0, 0]  # within the top-left block
+    across = grid.clone()
+    across[0, 0], across[3, 3] = grid[3, 3], grid[0, 0]  # between two blocks
+    with torch.no_grad():
+        out = proj(x)
+        assert out.shape == (2, 3, 16)
+        assert torch.allclose(proj(x[:, inside.flatten()]), out, atol=1e-5)
+        assert not torch.allclose(proj(x[:, across.flatten()]), out, atol=1e-3)
+    with pytest.raises(ValueError, match="square patch grid"):
+        proj(torch.randn(2, 15, 8))
+    assert build_projector("resampler", 8, 16, num_heads=4).options.get("pool") is None  # old configs still match

@@ -3,10 +3,15 @@
 Q learned queries cross-attend to the (projected) image tokens, so any number of input tokens becomes exactly Q
 output tokens. Qwen-VL adds 2-D positional information to the keys; we add a learned position embedding for up to
 `max_tokens` input positions for the same reason: without it the queries cannot tell where a token came from.
+pool p > 1 first averages each p x p block of the square patch grid (a 16 x 16 grid becomes 8 x 8 at p = 2), which
+cuts the keys and values, and so a training step, by p^2.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import Projector, register
@@ -15,10 +20,15 @@ from .base import Projector, register
 @register("resampler")
 class ResamplerProjector(Projector):
     def __init__(self, in_dim: int, out_dim: int, num_queries: int = 32, num_heads: int = 8,
-                 max_tokens: int = 1024):
+                 max_tokens: int = 1024, pool: int = 1):
         if out_dim % num_heads:
             raise ValueError(f"resampler needs out_dim divisible by num_heads, got {out_dim} and {num_heads}")
-        super().__init__(in_dim, out_dim, num_queries=num_queries, num_heads=num_heads, max_tokens=max_tokens)
+        if pool < 1:
+            raise ValueError(f"resampler pool must be >= 1 (1: every patch), got {pool}")
+        options = {"pool": pool} if pool != 1 else {}  # stated only when used: older checkpoints' configs still match
+        super().__init__(in_dim, out_dim, num_queries=num_queries, num_heads=num_heads, max_tokens=max_tokens,
+                         **options)
+        self.pool = pool
         self.queries = nn.Parameter(torch.randn(num_queries, out_dim) * out_dim**-0.5)  # (Q, D_txt)
         self.kv_proj = nn.Linear(in_dim, out_dim, bias=False)
         self.pos_embed = nn.Parameter(torch.zeros(max_tokens, out_dim))  # (N_max, D_txt)
@@ -34,6 +44,8 @@ class ResamplerProjector(Projector):
 
     def forward(self, x):
         x = self.prepare(x)
+        if self.pool > 1:
+            x = self._pooled(x)
         B, N, _ = x.shape
         if N > self.pos_embed.shape[0]:
             raise ValueError(f"resampler was built for at most {self.pos_embed.shape[0]} tokens, got {N}")
@@ -42,3 +54,13 @@ class ResamplerProjector(Projector):
         out, weights = self.attn(q, kv, kv, need_weights=True)  # (B, Q, D_txt), (B, Q, N)
         self.attn_weights = weights.detach()
         return self.proj(self.norm_out(out))  # (B, Q, D_txt)
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) patches of a square grid -> (B, N / pool^2, D) block means."""
+        B, N, D = x.shape
+        side = math.isqrt(N)
+        if side * side != N or side % self.pool:
+            raise ValueError(f"resampler pool {self.pool} needs a square patch grid whose side it divides, got {N} "
+                             "tokens")
+        grid = x.transpose(1, 2).reshape(B, D, side, side)
+        return F.avg_pool2d(grid, self.pool).flatten(2).transpose(1, 2)  # (B, N / pool^2, D)

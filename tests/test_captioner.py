@@ -251,6 +251,11 @@ def test_echo_makes_the_first_tokens_the_statement_words_then_trains_without_the
         assert float(echo(right[:, [1, 0, 2, 4, 3]], index)) > 0.05
         assert 0.5 < float(echo(torch.zeros_like(right), index)) < 2.0
         assert echo.read(right) == [content_words(statements[0])]
+        # a token past the words costs nothing at the LM's mean embedding and much at 20x a word's scale
+        extra = torch.cat([right, echo.neutral[None, None]], dim=1)
+        assert float(echo(extra, index)) < 1e-6
+        extra[:, -1] = right[:, 0] * 20
+        assert float(echo(extra, index)) > 100
         torch.manual_seed(0)
         visual = torch.randn(4, 6, vlm.dim) * 0.1
         head = CaptionHead(vlm, statements, echo=echo, echo_weight=0.5)

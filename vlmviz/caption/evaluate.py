@@ -43,6 +43,9 @@ CONNECTORS = {
     "resampler": ("resampler", "patch", {"num_queries": 8}),
     # as resampler over the 2 x 2 block means of the patch grid (64 keys for ViT-S/14's 256 patches): a step 4x cheaper
     "resampler-pool2": ("resampler", "patch", {"num_queries": 8, "pool": 2}),
+    # 5 queries: exactly the five facts of a two-object statement for --echo-steps (a query past the statement's
+    # words is free to grow, and a token 20x a word's norm swamps the frozen LM)
+    "resampler5-pool2": ("resampler", "patch", {"num_queries": 5, "pool": 2}),
     "pixel_shuffle": ("pixel_shuffle", "patch", {"scale": 4}),
     "cabstractor": ("cabstractor", "patch", {"output_side": 3}),
     # the 3 x 3 average pool alone (no conv blocks), then the MLP: one token per place of a scene's 3 x 3 layout

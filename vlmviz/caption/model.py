@@ -372,7 +372,9 @@ class EchoWords(nn.Module):
     statements: one per training image, its facts in one fixed order ("a red circle left of a blue square" for
     either phrasing: the scenes' canonical caption), so slot k means the same thing in every image. No LM forward:
     thousands of steps cost what a few hundred caption steps do, so it also runs alone, before the caption loss
-    (train_caption_connector's echo_steps)."""
+    (train_caption_connector's echo_steps). Tokens past the words are held near the LM's mean input embedding: free
+    for the caption loss to make them a prompt ("say it as 'a red circle left of a blue square'"), at a word's scale.
+    """
 
     kind = "caption"
     temperature = None
@@ -396,6 +398,10 @@ class EchoWords(nn.Module):
         self.register_buffer("ids", ids, persistent=False)  # (N, K)
         self.register_buffer("mask", mask, persistent=False)  # (N, K)
         self.scale = float(vectors.pow(2).sum(-1).mean())
+        # tokens past the statement's words: pulled to the LM's mean input embedding, a neutral word's scale (left
+        # alone they keep the projector's initial scale, tens of times a word's norm, and swamp the frozen LM)
+        self.register_buffer("neutral", vlm.lm.get_input_embeddings().weight.detach().float().mean(0),
+                             persistent=False)
 
     def forward(self, visual: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         if visual.shape[1] < self.slots:
@@ -405,7 +411,11 @@ class EchoWords(nn.Module):
         target = self.vectors[self.ids[index]].to(visual.device)  # (B, K, D)
         mask = self.mask[index].to(visual.device)
         err = (visual[:, :self.slots].float() - target).pow(2).sum(-1) / self.scale  # (B, K)
-        return (err * mask).sum() / mask.sum().clamp(min=1.0)
+        loss = (err * mask).sum() / mask.sum().clamp(min=1.0)
+        if visual.shape[1] > self.slots:
+            free = visual[:, self.slots:].float() - self.neutral.to(visual.device)
+            loss = loss + free.pow(2).sum(-1).mean() / self.scale
+        return loss
 
     @torch.no_grad()
     def read(self, visual: torch.Tensor) -> list[list[str]]:

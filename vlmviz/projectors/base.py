@@ -70,9 +70,19 @@ class Projector(nn.Module):
 
     def set_input_stats(self, tokens: torch.Tensor) -> None:
         """Per-dimension mean and std over all training tokens (N, T, D_vis)."""
-        flat = tokens.reshape(-1, self.in_dim).double()
-        self.input_mean.copy_(flat.mean(0).float())
-        self.input_std.copy_(flat.std(0).clamp_min(1e-6).float())
+        flat = tokens.reshape(-1, self.in_dim)
+        # in float64 chunks: a double copy of 2000 scenes' 256 patch tokens would be 1.6 GB and take seconds
+        total, first = len(flat), flat[:1].double()  # shifting by one row keeps the sums of squares accurate
+        s1 = torch.zeros(self.in_dim, dtype=torch.float64)
+        s2 = torch.zeros(self.in_dim, dtype=torch.float64)
+        for chunk in flat.split(1 << 16):
+            c = chunk.double() - first
+            s1 += c.sum(0)
+            s2 += c.pow(2).sum(0)
+        mean = s1 / total
+        var = (s2 - total * mean.pow(2)) / max(total - 1, 1)
+        self.input_mean.copy_((mean + first[0]).float())
+        self.input_std.copy_(var.clamp_min(0).sqrt().clamp_min(1e-6).float())
 
     def extra_repr(self) -> str:
         return f"{self.in_dim} -> {self.out_dim}, params={self.num_params:,}"

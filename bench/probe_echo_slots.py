@@ -59,6 +59,7 @@ def main():
     ap.add_argument("--encoder", default="vit-s14@6")
     ap.add_argument("--slots", choices=("resampler", "keys"), default="keys")
     ap.add_argument("--values", choices=("linear", "mlp"), default="linear", help="--slots keys only")
+    ap.add_argument("--features", help="a slice of the token width, e.g. 0:384 for block 2 of vit-s14@2+6")
     ap.add_argument("--pool", type=int, default=2)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
@@ -71,6 +72,9 @@ def main():
     cache = FeatureCache()
     x_tr, x_te = (pooled(select_tokens(cache.tokens(enc, [s.load() for s in part]), enc.has_cls, "patch").float(),
                          args.pool) for part in (train, test))
+    if args.features:
+        lo, hi = map(int, args.features.split(":"))
+        x_tr, x_te = x_tr[..., lo:hi].contiguous(), x_te[..., lo:hi].contiguous()
     mean, std = x_tr.reshape(-1, x_tr.shape[-1]).mean(0), x_tr.reshape(-1, x_tr.shape[-1]).std(0)
     x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
     vlm = build_vlm("smollm2-135m")
@@ -97,7 +101,8 @@ def main():
     slot = [sum(r[k] == t[k] for r, t in zip(read, truth)) / len(truth) for k in range(echo.slots)]
     all5 = sum(r == t for r, t in zip(read, truth)) / len(truth)
     name = args.slots if args.slots == "resampler" else f"keys, {args.values} values"
-    print(f"| {args.encoder} | {name} | {args.pool} | {args.seed} | {args.steps} | {float(loss):.3f} | "
+    encoder = args.encoder + (f" [{args.features}]" if args.features else "")
+    print(f"| {encoder} | {name} | {args.pool} | {args.seed} | {args.steps} | {float(loss):.3f} | "
           + " | ".join(f"{v:.2f}" for v in slot) + f" | **{all5:.2f}** | {cpu:.0f} |")
 
 

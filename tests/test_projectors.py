@@ -337,3 +337,25 @@ def test_resampler_pool_averages_each_block_of_the_patch_grid_before_its_keys():
     with pytest.raises(ValueError, match="square patch grid"):
         proj(torch.randn(2, 15, 8))
     assert build_projector("resampler", 8, 16, num_heads=4).options.get("pool") is None  # old configs still match
+
+
+def test_wordslots_reads_each_patch_alone_and_places_by_keys_with_a_fixed_prompt():
+    """wordslots: Q slots then P prompt tokens. With no positions learned yet the slots are a set function of the
+    patches (permuting them changes nothing); positions on the keys make place matter; the prompt tokens are the
+    same for every image."""
+    torch.manual_seed(0)
+    proj = build_projector("wordslots", 8, 16, num_queries=3, rank=4, hidden_dim=12, prompt=2).eval()
+    x = torch.randn(2, 9, 8)
+    perm = torch.randperm(9)
+    with torch.no_grad():
+        out = proj(x)
+        assert out.shape == (2, 5, 16) and proj.num_output_tokens(9) == 5
+        assert torch.allclose(proj(x[:, perm]), out, atol=1e-5)
+        assert torch.equal(out[0, 3:], out[1, 3:])  # the prompt does not depend on the image
+        proj.pos_embed.normal_()
+        moved = proj(x[:, perm])
+        assert not torch.allclose(moved[:, :3], proj(x)[:, :3], atol=1e-3)
+    with pytest.raises(ValueError, match="num_queries"):
+        build_projector("wordslots", 8, 16, num_queries=0)
+    with pytest.raises(ValueError, match="square patch grid"):
+        build_projector("wordslots", 8, 16, pool=2)(torch.randn(1, 10, 8))

@@ -46,6 +46,9 @@ CONNECTORS = {
     # 5 queries: exactly the five facts of a two-object statement for --echo-steps (a query past the statement's
     # words is free to grow, and a token 20x a word's norm swamps the frozen LM)
     "resampler5-pool2": ("resampler", "patch", {"num_queries": 5, "pool": 2}),
+    # 5 word slots read per patch (an MLP of each 2 x 2-pooled patch, averaged where each slot looks) + 4 learned
+    # prompt tokens; for --echo-steps at vit-s14@2, whose patches name the color without the shape
+    "wordslots-echo": ("wordslots", "patch", {"num_queries": 5, "pool": 2, "prompt": 4}),
     "pixel_shuffle": ("pixel_shuffle", "patch", {"scale": 4}),
     "cabstractor": ("cabstractor", "patch", {"output_side": 3}),
     # the 3 x 3 average pool alone (no conv blocks), then the MLP: one token per place of a scene's 3 x 3 layout
@@ -184,6 +187,8 @@ def train_caption_connector(family: str, options: dict, x_tr: torch.Tensor, capt
                                 warmup_steps=warmup_steps(echo_steps), eval_every=0, seed=seed, device="cpu")
             train_projector(projector, x_tr, torch.arange(len(x_tr)), first, head=echo, callback=callback,
                             should_stop=should_stop)
+        if echo is not None:
+            echo.hold_free = False  # the tokens past the words are the caption loss's to shape from here on
         head = CaptionHead(vlm, captions, swap_weight, word_weight=word_weight, echo=echo, echo_weight=echo_weight)
         result = train_projector(projector, x_tr, torch.arange(len(x_tr)), cfg, head=head,
                                  callback=callback, should_stop=should_stop)

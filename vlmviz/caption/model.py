@@ -372,12 +372,13 @@ class EchoWords(nn.Module):
     statements: one per training image, its facts in one fixed order ("a red circle left of a blue square" for
     either phrasing: the scenes' canonical caption), so slot k means the same thing in every image. No LM forward:
     thousands of steps cost what a few hundred caption steps do, so it also runs alone, before the caption loss
-    (train_caption_connector's echo_steps). Tokens past the words are held near the LM's mean input embedding: free
-    for the caption loss to make them a prompt ("say it as 'a red circle left of a blue square'"), at a word's scale.
+    (train_caption_connector's echo_steps). While it runs alone, tokens past the words are held at the LM's mean input
+    embedding, a word's scale; the caption loss is then free to make them a prompt (how to phrase the words).
     """
 
     kind = "caption"
     temperature = None
+    hold_free = True  # train_caption_connector lets go of the tokens past the words once the caption loss runs
 
     def __init__(self, vlm: VisualLM, statements: Sequence[str]):
         super().__init__()
@@ -412,7 +413,7 @@ class EchoWords(nn.Module):
         mask = self.mask[index].to(visual.device)
         err = (visual[:, :self.slots].float() - target).pow(2).sum(-1) / self.scale  # (B, K)
         loss = (err * mask).sum() / mask.sum().clamp(min=1.0)
-        if visual.shape[1] > self.slots:
+        if self.hold_free and visual.shape[1] > self.slots:
             free = visual[:, self.slots:].float() - self.neutral.to(visual.device)
             loss = loss + free.pow(2).sum(-1).mean() / self.scale
         return loss

@@ -12,6 +12,7 @@ import re
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _REGISTRY: dict[str, Callable[..., "Projector"]] = {}
@@ -136,6 +137,16 @@ def check_options(name: str, cls, options: dict) -> None:
         if "int" in kind and not (value is None and "None" in kind) and (not _is_int(value) or value < least):
             raise ValueError(f"{name} option {key} must be a {'non-negative' if least == 0 else 'positive'} "
                              f"integer, got {value!r}")
+
+
+def pool_patch_grid(x: torch.Tensor, pool: int, family: str) -> torch.Tensor:
+    """(B, N, D) patches of a square grid -> (B, N / pool^2, D): the mean of each pool x pool block."""
+    B, N, D = x.shape
+    side = math.isqrt(N)
+    if side * side != N or side % pool:
+        raise ValueError(f"{family} pool {pool} needs a square patch grid whose side it divides, got {N} tokens")
+    grid = x.transpose(1, 2).reshape(B, D, side, side)
+    return F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
 
 
 def build_projector(name: str, in_dim: int, out_dim: int, **options) -> Projector:

@@ -8,13 +8,10 @@ cuts the keys and values, and so a training step, by p^2.
 """
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import Projector, register
+from .base import Projector, pool_patch_grid, register
 
 
 @register("resampler")
@@ -45,7 +42,7 @@ class ResamplerProjector(Projector):
     def forward(self, x):
         x = self.prepare(x)
         if self.pool > 1:
-            x = self._pooled(x)
+            x = pool_patch_grid(x, self.pool, self.family)
         B, N, _ = x.shape
         if N > self.pos_embed.shape[0]:
             raise ValueError(f"resampler was built for at most {self.pos_embed.shape[0]} tokens, got {N}")
@@ -54,13 +51,3 @@ class ResamplerProjector(Projector):
         out, weights = self.attn(q, kv, kv, need_weights=True)  # (B, Q, D_txt), (B, Q, N)
         self.attn_weights = weights.detach()
         return self.proj(self.norm_out(out))  # (B, Q, D_txt)
-
-    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, D) patches of a square grid -> (B, N / pool^2, D) block means."""
-        B, N, D = x.shape
-        side = math.isqrt(N)
-        if side * side != N or side % self.pool:
-            raise ValueError(f"resampler pool {self.pool} needs a square patch grid whose side it divides, got {N} "
-                             "tokens")
-        grid = x.transpose(1, 2).reshape(B, D, side, side)
-        return F.avg_pool2d(grid, self.pool).flatten(2).transpose(1, 2)  # (B, N / pool^2, D)

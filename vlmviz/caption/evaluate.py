@@ -16,6 +16,8 @@ trainer, train_caption_connector, is the one the built-in Describe captioner is 
     python -m vlmviz caption-eval --steps 200 --threads 1
     python -m vlmviz caption-eval --preset caption-describe --threads 1      # all four right 0.85 (BENCHMARKS.md)
     python -m vlmviz caption-eval --preset caption-relations --threads 1     # two objects: all five right 0.53
+    python -m vlmviz caption-eval --encoder vit-s14@2 --connector wordslots-echo --mode prefix --objects 2 \
+        --n-train 2000 --lr 2e-3 --steps 300 --warmup 30 --echo-steps 1500 --echo 3   # two objects, echo first
 
 Checkpoints land in out_dir and are reused when their recipe matches (--retrain to train again).
 Shape legend: N images, T selected encoder tokens, D_vis encoder width, M visual tokens, D LM width.

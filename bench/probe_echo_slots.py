@@ -18,7 +18,6 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlmviz.caption.captioner import build_vlm
@@ -27,6 +26,7 @@ from vlmviz.data import scene_split
 from vlmviz.encoders import load_vision_encoder, select_tokens
 from vlmviz.features import FeatureCache
 from vlmviz.projectors import build_projector
+from vlmviz.projectors.base import pool_patch_grid
 
 
 class KeySlots(nn.Module):
@@ -48,12 +48,6 @@ class KeySlots(nn.Module):
         return torch.einsum("bqn,bnd->bqd", weights, self.value(x)) + self.bias
 
 
-def pooled(x: torch.Tensor, pool: int) -> torch.Tensor:
-    B, N, D = x.shape
-    side = int(N ** 0.5)
-    return F.avg_pool2d(x.transpose(1, 2).reshape(B, D, side, side), pool).flatten(2).transpose(1, 2)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--encoder", default="vit-s14@6")
@@ -70,8 +64,8 @@ def main():
     train, test = scene_split(args.n_train, 100, seed=args.seed, objects=2)
     enc = load_vision_encoder(args.encoder)
     cache = FeatureCache()
-    x_tr, x_te = (pooled(select_tokens(cache.tokens(enc, [s.load() for s in part]), enc.has_cls, "patch").float(),
-                         args.pool) for part in (train, test))
+    x_tr, x_te = (pool_patch_grid(select_tokens(cache.tokens(enc, [s.load() for s in part]), enc.has_cls,
+                                                "patch").float(), args.pool, "probe") for part in (train, test))
     if args.features:
         lo, hi = map(int, args.features.split(":"))
         x_tr, x_te = x_tr[..., lo:hi].contiguous(), x_te[..., lo:hi].contiguous()

@@ -69,6 +69,16 @@ class Projector(nn.Module):
             raise ValueError(f"{self.family} projector expects tokens of shape {shape}, got {tuple(x.shape)}")
         return (x - self.input_mean) / self.input_std
 
+    def prepare_patches(self, x: torch.Tensor, pool: int, positions: int) -> torch.Tensor:
+        """prepare(), then the pool x pool block means of the patch grid (pool > 1), refusing more tokens than the
+        `positions` the family learned a position for (the resampler's and wordslots' keys)."""
+        x = self.prepare(x)
+        if pool > 1:
+            x = pool_patch_grid(x, pool, self.family)
+        if x.shape[1] > positions:
+            raise ValueError(f"{self.family} was built for at most {positions} tokens, got {x.shape[1]}")
+        return x
+
     def set_input_stats(self, tokens: torch.Tensor) -> None:
         """Per-dimension mean and std over all training tokens (N, T, D_vis)."""
         flat = tokens.reshape(-1, self.in_dim)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Projector, pool_patch_grid, register
+from .base import Projector, register
 
 
 @register("resampler")
@@ -40,12 +40,8 @@ class ResamplerProjector(Projector):
         return self.queries.shape[0]
 
     def forward(self, x):
-        x = self.prepare(x)
-        if self.pool > 1:
-            x = pool_patch_grid(x, self.pool, self.family)
+        x = self.prepare_patches(x, self.pool, self.pos_embed.shape[0])
         B, N, _ = x.shape
-        if N > self.pos_embed.shape[0]:
-            raise ValueError(f"resampler was built for at most {self.pos_embed.shape[0]} tokens, got {N}")
         kv = self.norm_kv(self.kv_proj(x) + self.pos_embed[:N])  # (B, N, D_txt)
         q = self.norm_q(self.queries).expand(B, -1, -1)  # (B, Q, D_txt)
         out, weights = self.attn(q, kv, kv, need_weights=True)  # (B, Q, D_txt), (B, Q, N)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Projector, pool_patch_grid, register
+from .base import Projector, register
 
 
 @register("wordslots")
@@ -42,12 +42,8 @@ class WordSlotsProjector(Projector):
         return self.queries.shape[0] + self.prompt.shape[0]
 
     def forward(self, x):
-        x = self.prepare(x)
-        if self.pool > 1:
-            x = pool_patch_grid(x, self.pool, self.family)
+        x = self.prepare_patches(x, self.pool, self.pos_embed.shape[0])
         B, N, _ = x.shape
-        if N > self.pos_embed.shape[0]:
-            raise ValueError(f"wordslots was built for at most {self.pos_embed.shape[0]} tokens, got {N}")
         keys = self.key(x) + self.pos_embed[:N]  # (B, N, r)
         scores = torch.einsum("qr,bnr->bqn", self.queries, keys) / keys.shape[-1] ** 0.5
         weights = (scores * self.log_sharpness.exp()).softmax(-1)  # (B, Q, N)

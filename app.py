@@ -609,8 +609,14 @@ def _index_in_thread(folder, connector, checkpoints, cancel, progress, finished)
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
     yield f"Indexing {folder} through {connector} ...", keep
+    stopping = False
     while worker.is_alive():
         worker.join(0.3)
+        if cancel.is_set():  # said here, not by the Cancel handler, whose reply could land after the final line
+            if not stopping:
+                stopping = True
+                yield "Cancelling after the current batch ...", keep
+            continue
         if state.total:  # the bar sits on the index menu (show_progress_on), the status line stays readable
             progress((state.done, state.total), desc=state.what, unit="images")
             line = state.line()
@@ -626,11 +632,14 @@ def _index_in_thread(folder, connector, checkpoints, cancel, progress, finished)
 
 
 def cancel_index(owner, shown, request: gr.Request):
+    """Stop this browser's build between batches. The build's own status stream says so and then ends with its
+    final line; this handler writes nothing while a build runs (its reply, off the queue, could arrive after that
+    final line and overwrite it)."""
     event = _SEARCH_CANCEL.get(owner_of(owner, request))
     if event is None:  # a build that ended before the click keeps its line
         return shown if shown and shown[:1] in "✅⏹" else "Nothing is being indexed."
     event.set()
-    return "Cancelling after the current batch ..."
+    return gr.update()
 
 
 @contained("search", lambda msg: ([], [], msg))

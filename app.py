@@ -578,18 +578,14 @@ def build_index(folder, connector, owner, checkpoints, request: gr.Request, prog
     batches with everything so far kept (building again goes on from there)."""
     who = owner_of(owner, request)
     cancel = _SEARCH_CANCEL[who] = threading.Event()
-
-    def finished():  # a Cancel after the end finds nothing to stop (and leaves the finished build's line alone)
+    try:
+        yield from _index_in_thread(folder, connector, checkpoints, cancel, progress)
+    finally:  # a Cancel after the end finds nothing to stop (and leaves the finished build's line alone)
         if _SEARCH_CANCEL.get(who) is cancel:
             del _SEARCH_CANCEL[who]
 
-    try:
-        yield from _index_in_thread(folder, connector, checkpoints, cancel, progress, finished)
-    finally:
-        finished()
 
-
-def _index_in_thread(folder, connector, checkpoints, cancel, progress, finished):
+def _index_in_thread(folder, connector, checkpoints, cancel, progress):
     keep = gr.update()
     state = eta.Progress("loading the connector")
 
@@ -621,7 +617,6 @@ def _index_in_thread(folder, connector, checkpoints, cancel, progress, finished)
             progress((state.done, state.total), desc=state.what, unit="images")
             line = state.line()
             yield line[:1].upper() + line[1:], keep
-    finished()
     if "err" in result:
         name = type(result["err"]).__name__
         message = str(result["err"]) if name == "IndexCancelled" else session.report(result["err"], "indexing")

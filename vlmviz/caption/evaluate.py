@@ -325,10 +325,10 @@ def run_caption_eval(connectors=None, modes=("prefix", "xattn"), steps: int = 20
                     row = {"connector": name, "mode": mode, "tokens": projector.num_output_tokens(x_te.shape[1]),
                            "steps": steps, **stats}
                     if echo_steps or echo_weight:
-                        said_te = [s.meta.get("canonical", s.caption) for s in test]
-                        reader = EchoWords(vlm, statements + said_te)
+                        test_statements = [s.meta.get("canonical", s.caption) for s in test]
+                        reader = EchoWords(vlm, statements + test_statements)
                         row["echo_read"] = sum(r[:len(w)] == w for r, w in zip(
-                            reader.read(visual), map(content_words, said_te))) / len(test)
+                            reader.read(visual), map(content_words, test_statements))) / len(test)
                     loss = held_out_loss(projector, vlm, x_te, truth)
                     add(row, said, loss)
                     if contrast > 0 and mode == "prefix":

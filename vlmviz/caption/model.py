@@ -324,9 +324,7 @@ class WordGrounding(nn.Module):
         if not self.vocab:
             raise ValueError("word grounding needs words that recur in the training captions (at least "
                              f"{min_count} times, in at most {max_share:.0%} of them); these captions have none")
-        table = vlm.lm.get_input_embeddings().weight.detach()
-        rows = [table[vlm.tokenizer(" " + w, add_special_tokens=False)["input_ids"]].float().mean(0) for w in self.vocab]
-        self.register_buffer("targets", F.normalize(torch.stack(rows), dim=-1), persistent=False)  # (V, D)
+        self.register_buffer("targets", F.normalize(word_vectors(vlm, self.vocab), dim=-1), persistent=False)  # (V, D)
         where = {w: j for j, w in enumerate(self.vocab)}
         present = torch.zeros(len(docs), len(self.vocab))
         for i, d in enumerate(docs):

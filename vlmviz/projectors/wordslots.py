@@ -19,6 +19,7 @@ from .base import Projector, register
 @register("wordslots")
 class WordSlotsProjector(Projector):
     zero_options = ("prompt", "hidden_dim")  # no prompt tokens; a linear reading per patch
+
     def __init__(self, in_dim: int, out_dim: int, num_queries: int = 5, rank: int = 64, hidden_dim: int = 512,
                  prompt: int = 0, pool: int = 1, max_tokens: int = 1024):
         if num_queries < 1 or prompt < 0 or pool < 1:
